@@ -86,11 +86,15 @@ def reference_data(trainer: L.Trainer, max_points: int = 2500) -> Tensor | None:
     return None
 
 
-def should_run(trainer: L.Trainer, every_n_epochs: int) -> bool:
-    """True on rank 0 every ``every_n_epochs`` epochs, and at the last epoch."""
-    if not trainer.is_global_zero or trainer.sanity_checking or every_n_epochs <= 0:
+def is_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """True every ``every_n_epochs`` epochs and at the last epoch (on every rank; never while sanity checking)."""
+    if trainer.sanity_checking or every_n_epochs <= 0:
         return False
     epoch = trainer.current_epoch + 1
     last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
     return epoch % every_n_epochs == 0 or last
 
+
+def should_run(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """True on rank 0 every ``every_n_epochs`` epochs, and at the last epoch."""
+    return trainer.is_global_zero and is_due(trainer, every_n_epochs)

@@ -1,5 +1,12 @@
-"""Evaluation of trained models; uses only the ``energy`` / ``sample`` contract."""
+"""Evaluation of trained models; uses only the ``energy`` / ``sample`` contract, plus the exact and
+AIS partition functions of the Boltzmann machines."""
 
+from lightning_ebm.evaluation.likelihood import (
+    base_rate_bias,
+    estimate_log_partition,
+    exact_log_partition,
+    log_likelihood,
+)
 from lightning_ebm.evaluation.modes import mode_metrics
 
-__all__ = ["mode_metrics"]
+__all__ = ["base_rate_bias", "estimate_log_partition", "exact_log_partition", "log_likelihood", "mode_metrics"]

@@ -2,5 +2,6 @@
 
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.dem import DEM
+from lightning_ebm.models.rbm import RBM
 
-__all__ = ["DEM", "EnergyBasedModel"]
+__all__ = ["DEM", "RBM", "EnergyBasedModel"]

@@ -1,0 +1,78 @@
+"""Held-out log-likelihood of a Boltzmann machine during training, with ``log Z`` from AIS."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_ebm.callbacks.utils import is_due
+from lightning_ebm.evaluation.likelihood import estimate_log_partition, log_likelihood
+
+
+class AISLogLikelihood(L.Callback):
+    """Every ``every_n_epochs`` epochs (and at the last), estimate ``log Z`` by AIS and log the mean
+    log-likelihood of held-out data.
+
+    It logs ``val/log_likelihood`` (nats per example), ``val/log_partition`` and the half-width of
+    its ``+-3`` std interval, ``val/log_partition_interval``, and the training data's mean
+    log-likelihood, ``train/log_likelihood`` (the gap is the over-fitting). The AIS run is on
+    rank 0; its result is broadcast so that every process logs the same value (and a checkpoint
+    can monitor it).
+
+    Defaults keep it cheap during training (2,000 betas, 100 chains); report final numbers with the
+    full schedule: ``lightning_ebm.evaluation.estimate_log_partition(model, data=train)``.
+
+    Args:
+        every_n_epochs: how often to run.
+        num_chains: AIS chains.
+        num_betas: annealing steps (Salakhutdinov & Murray's schedule, shrunk proportionally).
+        max_examples: held-out examples evaluated (the data module's ``val_data``).
+        seed: seed of the AIS chains.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        num_chains: int = 100,
+        num_betas: int = 2_000,
+        max_examples: int = 10_000,
+        seed: int = 0,
+    ) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.num_chains = num_chains
+        self.num_betas = num_betas
+        self.max_examples = max_examples
+        self.seed = seed
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not is_due(trainer, self.every_n_epochs):
+            return
+        values = torch.zeros(4, dtype=torch.float64, device=pl_module.device)
+        if trainer.is_global_zero:
+            values = self.evaluate(trainer, pl_module).to(pl_module.device)
+        values = trainer.strategy.broadcast(values, src=0)
+        names = ("val/log_likelihood", "train/log_likelihood", "val/log_partition", "val/log_partition_interval")
+        for name, value in zip(names, values):
+            pl_module.log(name, value.float())
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
+        """``[val log-likelihood, train log-likelihood, log Z, half-width of the interval]``."""
+        dm = trainer.datamodule
+        held_out = getattr(dm, "val_data", None)
+        train = getattr(dm, "train_data", None)
+        if not isinstance(held_out, Tensor) or not isinstance(train, Tensor):
+            raise TypeError("AISLogLikelihood needs a data module exposing `train_data` and `val_data` tensors")
+        held_out, train_part = held_out[: self.max_examples], train[: self.max_examples]
+        estimate = estimate_log_partition(
+            pl_module, num_chains=self.num_chains, betas=self.num_betas, data=train, seed=self.seed
+        )
+        return torch.tensor(
+            [
+                log_likelihood(pl_module, held_out, estimate).mean(),
+                log_likelihood(pl_module, train_part, estimate).mean(),
+                estimate.estimate,
+                (estimate.upper - estimate.lower) / 2,
+            ],
+            dtype=torch.float64,
+        )

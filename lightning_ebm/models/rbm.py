@@ -1,0 +1,432 @@
+"""Restricted Boltzmann machine trained with contrastive divergence (CD-k) or persistent CD (PCD).
+
+Smolensky 1986; Hinton 2002 (CD); Tieleman 2008 (PCD); Hinton 2010, "A Practical Guide to Training
+Restricted Boltzmann Machines" (the recipe); Cho, Ilin & Raiko 2011 (Gaussian-Bernoulli units with a
+learned variance). Background: Baumann 2018, section 2; Tomczak, section 6.5.
+
+Visible units ``v`` and binary hidden units ``h`` interact through ``W`` (visible x hidden):
+
+    Bernoulli visible:  E(v, h) = -b^T v - c^T h - v^T W h
+    Gaussian visible:   E(v, h) = sum_i (v_i - b_i)^2 / (2 sigma_i^2) - c^T h - (v / sigma^2)^T W h
+
+and the hidden units sum out in closed form into the free energy (lower = more probable):
+
+    F(v) = -b^T v - sum_j softplus(c_j + (W^T v)_j)                               (Bernoulli)
+    F(v) = sum_i (v_i - b_i)^2 / (2 sigma_i^2) - sum_j softplus(c_j + (W^T (v / sigma^2))_j)   (Gaussian)
+
+The layers are conditionally independent given each other, which is what block Gibbs sampling uses:
+
+    p(h_j = 1 | v) = sigmoid(c_j + (W^T v)_j)        (v / sigma^2 for Gaussian units)
+    p(v_i = 1 | h) = sigmoid(b_i + (W h)_i)          or   v_i | h ~ N(b_i + (W h)_i, sigma_i^2)
+
+The log-likelihood gradient is ``-dF(v_data)/dtheta + E_model[dF(v)/dtheta]``. CD-k estimates the
+model term with k Gibbs steps started at the data, PCD with persistent chains that carry over from
+one update to the next. Either way the update is the gradient of ``mean F(v_data) - mean F(v_model)``
+with ``v_model`` held fixed, which for ``W`` is the familiar ``<v p(h|v)>_data - <v p(h|v)>_model``;
+this module takes that gradient with autograd (a test checks it against the closed form).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli, sample_gaussian
+
+_VISIBLE = ("bernoulli", "gaussian")
+_METHODS = ("cd", "pcd")
+_STARTS = ("noise", "data", "chains")
+
+
+class RBM(EnergyBasedModel):
+    """Restricted Boltzmann machine with binary hidden units.
+
+    Args:
+        n_visible: number of visible units (the flattened size of an example).
+        n_hidden: number of hidden units.
+        visible: ``bernoulli`` (binary data, or probabilities in [0, 1]) or ``gaussian``.
+        sigma: standard deviation of Gaussian visible units (all units; the initial value when
+            learned). Use 1 for standardised data.
+        learn_sigma: learn ``log sigma^2`` per unit (Cho et al. 2011), kept within ``sigma_bounds``.
+        sigma_bounds: the interval ``sigma`` is kept in.
+        data_shape: shape of one example (default ``[n_visible]``); batches and samples have it.
+        method: ``cd`` (contrastive divergence) or ``pcd`` (persistent contrastive divergence).
+        k: Gibbs steps per update (CD-k / PCD-k).
+        num_chains: persistent chains per process (PCD); default: the batch size.
+        lr: learning rate of SGD; ``lr_decay`` ``linear`` decays it to 0 over the run (as PCD wants).
+        momentum: momentum of the first ``momentum_epochs`` epochs, ``final_momentum`` after them.
+        weight_decay: L2 penalty on ``W`` (not the biases), 2e-4 in Hinton's recipe.
+        init_std: standard deviation of the initial weights.
+        init_visible_bias: set ``b`` from the training data at the start of training:
+            ``log(p / (1 - p))`` of the smoothed means for Bernoulli units, the means for Gaussian.
+        sparsity_target: desired mean activation ``q`` of the hidden units (None: no sparsity);
+            ``sparsity_cost`` its weight, ``sparsity_decay`` the decay of the running estimate.
+        sample_steps: Gibbs steps of :meth:`sample`; ``sample_start`` where its chains start:
+            ``noise`` (random visible states), ``chains`` (the persistent chains, then noise).
+        sample_mean: :meth:`sample` returns the mean of ``p(v | h)`` at its last step instead of a
+            sample (smoother images).
+        num_filters: hidden units whose weights are drawn as images every epoch (0 disables it).
+    """
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        visible: str = "bernoulli",
+        sigma: float = 1.0,
+        learn_sigma: bool = False,
+        sigma_bounds: tuple[float, float] = (0.1, 1.1),
+        data_shape: Sequence[int] | None = None,
+        method: str = "cd",
+        k: int = 1,
+        num_chains: int | None = None,
+        lr: float = 0.1,
+        lr_decay: str = "none",
+        momentum: float = 0.5,
+        final_momentum: float = 0.9,
+        momentum_epochs: int = 5,
+        weight_decay: float = 2e-4,
+        init_std: float = 0.01,
+        init_visible_bias: bool = True,
+        sparsity_target: float | None = None,
+        sparsity_cost: float = 0.0,
+        sparsity_decay: float = 0.95,
+        sample_steps: int = 1000,
+        sample_start: str = "noise",
+        sample_mean: bool = False,
+        num_filters: int = 100,
+    ) -> None:
+        shape = tuple(data_shape) if data_shape is not None else (n_visible,)
+        super().__init__(shape)
+        self.save_hyperparameters()
+        if math.prod(shape) != n_visible:
+            raise ValueError(f"data_shape {list(shape)} has {math.prod(shape)} values, but n_visible is {n_visible}")
+        for name, value, choices in (
+            ("visible", visible, _VISIBLE),
+            ("method", method, _METHODS),
+            ("sample_start", sample_start, ("noise", "chains")),
+            ("lr_decay", lr_decay, ("none", "linear")),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if k < 1:
+            raise ValueError(f"k (Gibbs steps per update) must be at least 1, got {k}")
+        low, high = sigma_bounds
+        if visible == "gaussian" and not 0 < low <= sigma <= high:
+            raise ValueError(f"sigma ({sigma}) must lie within sigma_bounds {list(sigma_bounds)}")
+
+        self.W = nn.Parameter(init_std * torch.randn(n_visible, n_hidden))
+        self.visible_bias = nn.Parameter(torch.zeros(n_visible))
+        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))
+        log_variance = torch.full((n_visible,), 2 * math.log(sigma))
+        if visible == "gaussian" and learn_sigma:
+            self.log_variance = nn.Parameter(log_variance)
+        else:
+            self.register_buffer("log_variance", log_variance)
+        # Running mean activation of the hidden units (Hinton 2010, section 11), for the sparsity term.
+        self.register_buffer("hidden_activity", torch.full((n_hidden,), sparsity_target or 0.0))
+        #: Persistent chains of this process (PCD), ``(num_chains, n_visible)``. A plain attribute, not
+        #: a buffer: under DDP each process keeps its own (buffers would be overwritten by rank 0's),
+        #: and :meth:`on_save_checkpoint` gathers every process's chains into the checkpoint.
+        self.persistent_chains: Tensor | None = None
+        self._chains_from_checkpoint: Tensor | None = None
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def gaussian(self) -> bool:
+        return self.hparams.visible == "gaussian"
+
+    @property
+    def variance(self) -> Tensor:
+        """``sigma^2`` of the visible units, within ``sigma_bounds`` (all ones for Bernoulli units)."""
+        if not self.gaussian:
+            return torch.ones_like(self.log_variance)
+        low, high = self.hparams.sigma_bounds
+        return self.log_variance.clamp(2 * math.log(low), 2 * math.log(high)).exp()
+
+    def flatten(self, x: Tensor) -> Tensor:
+        """``(batch, *data_shape)`` to ``(batch, n_visible)``, in the parameters' dtype."""
+        return x.reshape(x.shape[0], -1).to(self.W.dtype)
+
+    def hidden_input(self, v: Tensor) -> Tensor:
+        """Total input of the hidden units, ``c + W^T v`` (``v / sigma^2`` for Gaussian units)."""
+        if self.gaussian:
+            v = v / self.variance
+        return v @ self.W + self.hidden_bias
+
+    def hidden_probs(self, v: Tensor) -> Tensor:
+        """``p(h = 1 | v)``."""
+        return torch.sigmoid(self.hidden_input(v))
+
+    def visible_mean(self, h: Tensor) -> Tensor:
+        """``E[v | h]``: ``sigmoid(b + W h)`` or ``b + W h``."""
+        pre = h @ self.W.t() + self.visible_bias
+        return pre if self.gaussian else torch.sigmoid(pre)
+
+    def sample_hidden(self, v: Tensor) -> Tensor:
+        return sample_bernoulli(self.hidden_probs(v))
+
+    def sample_visible(self, h: Tensor) -> Tensor:
+        mean = self.visible_mean(h)
+        return sample_gaussian(mean, self.variance.sqrt()) if self.gaussian else sample_bernoulli(mean)
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        """``F(v) = -log sum_h exp(-E(v, h))`` of flattened ``v``, shape ``(batch,)``."""
+        hidden_term = F.softplus(self.hidden_input(v)).sum(1)
+        if self.gaussian:
+            return ((v - self.visible_bias) ** 2 / (2 * self.variance)).sum(1) - hidden_term
+        return -(v @ self.visible_bias) - hidden_term
+
+    def joint_energy(self, v: Tensor, h: Tensor) -> Tensor:
+        """``E(v, h)`` of flattened ``v`` and ``h``, shape ``(batch,)``."""
+        coupling = ((v / self.variance) @ self.W * h).sum(1) if self.gaussian else (v @ self.W * h).sum(1)
+        if self.gaussian:
+            visible_term = ((v - self.visible_bias) ** 2 / (2 * self.variance)).sum(1)
+        else:
+            visible_term = -(v @ self.visible_bias)
+        return visible_term - h @ self.hidden_bias - coupling
+
+    def gibbs_step(self, v: Tensor) -> Tensor:
+        """One sweep ``v -> h ~ p(h | v) -> v' ~ p(v | h)``."""
+        return self.sample_visible(self.sample_hidden(v))
+
+    # ------------------------------------------------------------------ the contract
+    def energy(self, x: Tensor) -> Tensor:
+        """The free energy ``F(x)``, shape ``(batch,)``."""
+        return self.free_energy(self.flatten(x))
+
+    def random_visible(self, num_samples: int) -> Tensor:
+        """Random visible states to start chains from: ``Bernoulli(1/2)`` or ``N(b, sigma^2)``."""
+        shape = (num_samples, self.hparams.n_visible)
+        if self.gaussian:
+            return sample_gaussian(self.visible_bias.detach().expand(shape), self.variance.sqrt())
+        return torch.randint(0, 2, shape, device=self.device).to(self.W.dtype)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, num_steps: int | None = None, start: str | Tensor | None = None) -> Tensor:
+        """``num_samples`` samples after ``num_steps`` block-Gibbs sweeps.
+
+        Args:
+            num_samples: number of chains.
+            num_steps: Gibbs sweeps (default ``sample_steps``).
+            start: ``noise``, ``chains`` (the persistent chains, topped up with noise) or a tensor of
+                starting states (e.g. data); default ``sample_start``.
+        """
+        steps = self.hparams.sample_steps if num_steps is None else num_steps
+        start = self.hparams.sample_start if start is None else start
+        if isinstance(start, Tensor):
+            v = self.flatten(start.to(self.device))[:num_samples]
+        elif start == "chains" and self.persistent_chains is not None:
+            v = self.persistent_chains[:num_samples].to(self.device, self.W.dtype)
+            if v.shape[0] < num_samples:
+                v = torch.cat([v, self.random_visible(num_samples - v.shape[0])])
+        elif start in ("noise", "chains"):
+            v = self.random_visible(num_samples)
+        else:
+            raise ValueError(f"start must be one of {', '.join(_STARTS)} or a tensor, got {start!r}")
+        if steps > 0:
+            v = block_gibbs(self.gibbs_step, v, steps - 1)
+            h = self.sample_hidden(v)
+            v = self.visible_mean(h) if self.hparams.sample_mean else self.sample_visible(h)
+        return v.reshape(v.shape[0], *self.data_shape)
+
+    # ------------------------------------------------------------------ training
+    def negative_phase(self, v_data: Tensor) -> Tensor:
+        """The model term's visible states: k sweeps from the data (CD) or the persistent chains (PCD)."""
+        k = self.hparams.k
+        if self.hparams.method == "cd":
+            return block_gibbs(self.gibbs_step, v_data, k)
+        if self.persistent_chains is None:
+            num = self.hparams.num_chains or v_data.shape[0]
+            self.persistent_chains = self.random_visible(num)
+        chains = self.persistent_chains.to(v_data.device, v_data.dtype)
+        self.persistent_chains = block_gibbs(self.gibbs_step, chains, k)
+        return self.persistent_chains
+
+    def cd_loss(self, v_data: Tensor, v_model: Tensor) -> Tensor:
+        """``mean F(v_data) - mean F(v_model)``: its gradient is the negative CD / PCD update."""
+        return self.free_energy(v_data).mean() - self.free_energy(v_model.detach()).mean()
+
+    def sparsity_loss(self, v_data: Tensor) -> Tensor:
+        """Hinton's sparsity term (2010, section 11): a surrogate whose gradient is
+        ``cost * (q - target)`` for each hidden bias and ``cost * (q - target) * mean(v_i)`` for ``W_ij``,
+        where ``q`` is the running mean activation of the hidden units."""
+        hp = self.hparams
+        x = self.hidden_input(v_data)
+        with torch.no_grad():
+            activity = torch.sigmoid(x).mean(0)
+            self.hidden_activity.mul_(hp.sparsity_decay).add_((1 - hp.sparsity_decay) * activity)
+            excess = self.hidden_activity - hp.sparsity_target
+        return hp.sparsity_cost * (x.mean(0) * excess).sum()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        v_data = self.flatten(self.batch_data(batch))
+        with torch.no_grad():
+            v_model = self.negative_phase(v_data)
+        loss = self.cd_loss(v_data, v_model)
+        if self.hparams.sparsity_target is not None and self.hparams.sparsity_cost > 0:
+            loss = loss + self.sparsity_loss(v_data)
+        if self.should_log_step:
+            with torch.no_grad():
+                metrics = self.monitoring_metrics(v_data)
+                metrics["free_energy_gap"] = self.free_energy(v_model).mean() - metrics["free_energy"]
+                metrics["lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
+                if self.gaussian:
+                    metrics["sigma_mean"] = self.variance.sqrt().mean()
+            self.log_train_metrics(metrics, prog_bar=("reconstruction_error",))
+        return loss
+
+    def monitoring_metrics(self, v: Tensor) -> dict[str, Tensor]:
+        """Mean free energy, reconstruction error and (Bernoulli) pseudo-log-likelihood of ``v``."""
+        reconstruction = self.visible_mean(self.hidden_probs(v))
+        metrics = {
+            "free_energy": self.free_energy(v).mean(),
+            "reconstruction_error": (v - reconstruction).pow(2).sum(1).mean(),
+        }
+        if not self.gaussian:
+            metrics["pseudo_log_likelihood"] = self.pseudo_log_likelihood(v).mean()
+        return metrics
+
+    def pseudo_log_likelihood(self, v: Tensor) -> Tensor:
+        """Stochastic pseudo-log-likelihood of binary ``v``: ``n * log sigmoid(F(v~) - F(v))`` with one
+        random unit of each example flipped in ``v~`` (the estimator of scikit-learn's BernoulliRBM)."""
+        idx = torch.randint(0, v.shape[1], (v.shape[0], 1), device=v.device)
+        flipped = v.clone()
+        flipped.scatter_(1, idx, 1 - v.gather(1, idx))
+        return v.shape[1] * F.logsigmoid(self.free_energy(flipped) - self.free_energy(v))
+
+    @torch.no_grad()
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Held-out free energy, reconstruction error and pseudo-log-likelihood (``val/...``).
+
+        The gap between held-out and training free energy (``val/free_energy`` minus
+        ``train/free_energy``) is Hinton's over-fitting monitor; the AIS log-likelihood comes from the
+        ``AISLogLikelihood`` callback.
+        """
+        v = self.flatten(self.batch_data(batch))
+        for name, value in self.monitoring_metrics(v).items():
+            self.log(f"val/{name}", value, sync_dist=True, batch_size=v.shape[0])
+
+    test_step = validation_step
+
+    def on_train_start(self) -> None:
+        if self.hparams.init_visible_bias and self.global_step == 0:
+            # The data module's training tensor if it has one (iterating the loader here would
+            # advance its epoch counter), else one pass over the training loader.
+            data = getattr(self.trainer.datamodule, "train_data", None)
+            if isinstance(data, Tensor):
+                self.init_visible_bias(data.split(1024))
+            else:
+                self.init_visible_bias(self.trainer.train_dataloader, sharded=True)
+        self._set_momentum()
+
+    def on_train_epoch_start(self) -> None:
+        self._set_momentum()
+
+    def _set_momentum(self) -> None:
+        hp = self.hparams
+        momentum = hp.momentum if self.current_epoch < hp.momentum_epochs else hp.final_momentum
+        for group in self.trainer.optimizers[0].param_groups:
+            group["momentum"] = momentum
+
+    @torch.no_grad()
+    def init_visible_bias(self, data: Any, smoothing: float = 0.01, sharded: bool = False) -> None:
+        """Set ``b`` from the mean ``p`` of the data: ``log(p / (1 - p))`` (Bernoulli, Hinton 2010,
+        section 8; ``p`` pulled ``smoothing`` towards 1/2 so that no bias is infinite) or ``p`` (Gaussian).
+        ``data`` is an iterable of batches; ``sharded`` ones (a DDP training loader) are averaged over
+        every process's share."""
+        total = torch.zeros(self.hparams.n_visible, dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in data:
+            v = self.flatten(self.batch_data(batch).to(self.device))
+            total += v.sum(0).double()
+            count += v.shape[0]
+        if sharded and self._trainer is not None and self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        mean = total / count.clamp_min(1)
+        if not self.gaussian:
+            p = (1 - smoothing) * mean + smoothing / 2
+            mean = torch.log(p) - torch.log1p(-p)
+        self.visible_bias.copy_(mean.to(self.visible_bias.dtype))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.gaussian and self.hparams.learn_sigma:  # keep sigma within its bounds (Cho et al. 2011)
+            low, high = self.hparams.sigma_bounds
+            with torch.no_grad():
+                self.log_variance.clamp_(2 * math.log(low), 2 * math.log(high))
+
+    def on_train_epoch_end(self) -> None:
+        self.log_filters()
+
+    def log_filters(self) -> None:
+        """Draw the weights of the first ``num_filters`` hidden units as images (rank 0)."""
+        n = min(self.hparams.num_filters, self.hparams.n_hidden)
+        if n == 0 or self.trainer is None or not self.trainer.is_global_zero or len(self.data_shape) < 2:
+            return
+        from torchvision.utils import make_grid
+
+        from lightning_ebm.callbacks.utils import log_image
+
+        filters = self.W.detach()[:, :n].t().float().reshape(n, *self.data_shape)
+        if filters.dim() == 3:
+            filters = filters.unsqueeze(1)
+        # Each filter scaled to [0, 1] by its own range, as filters are usually shown.
+        low = filters.flatten(1).min(1).values.view(-1, 1, 1, 1)
+        high = filters.flatten(1).max(1).values.view(-1, 1, 1, 1)
+        filters = (filters - low) / (high - low).clamp_min(1e-8)
+        log_image(self.trainer, "filters", make_grid(filters.cpu(), nrow=int(math.ceil(math.sqrt(n))), padding=1))
+
+    # ------------------------------------------------------------------ persistent chains in checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save every process's persistent chains, ``(world_size, num_chains, n_visible)``."""
+        super().on_save_checkpoint(checkpoint)
+        if self.persistent_chains is None:
+            return
+        chains = self.persistent_chains
+        if self._trainer is not None and self.trainer.world_size > 1:
+            chains = self.all_gather(chains)  # every process calls this hook, so the collective is safe
+        else:
+            chains = chains.unsqueeze(0)
+        checkpoint["persistent_chains"] = chains.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._chains_from_checkpoint = checkpoint.get("persistent_chains")
+        self._restore_chains()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self._restore_chains()
+
+    def _restore_chains(self) -> None:
+        """This process's chains from the checkpoint (process ``r`` of ``N`` takes slice ``r``)."""
+        saved = self._chains_from_checkpoint
+        if saved is None:
+            return
+        rank, world = 0, 1
+        if self._trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        if saved.shape[0] != world:  # another number of processes: share all chains out again
+            saved = saved.reshape(-1, saved.shape[-1]).chunk(world)
+        self.persistent_chains = saved[rank].to(self.device, self.W.dtype).clone()
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for name, p in self.named_parameters() if name != "W"]
+        optimizer = torch.optim.SGD(
+            [{"params": [self.W], "weight_decay": hp.weight_decay}, {"params": params, "weight_decay": 0.0}],
+            lr=hp.lr,
+            momentum=hp.momentum,
+        )
+        if hp.lr_decay == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
