@@ -201,8 +201,7 @@ def main(args: list[str] | None = None) -> int:
         if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
             raise UserError(
                 f"first argument must be one of {', '.join(SUBCOMMANDS)}, e.g. "
-                "`python -m lightning_ebm fit --config dem_toy.yaml`; shipped configs: "
-                + ", ".join(shipped_configs())
+                "`python -m lightning_ebm fit --config dem_toy.yaml`; shipped configs: " + ", ".join(shipped_configs())
             )
         cli = EBMCLI.__new__(EBMCLI)
         with warnings.catch_warnings():  # we always pass args, also when run from the shell

@@ -147,9 +147,7 @@ class Toy2DDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         rank, world = self._rank()
         assert self.train_data is not None
-        return TensorBatches(
-            self.train_data, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
-        )
+        return TensorBatches(self.train_data, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world)
 
     def val_dataloader(self) -> TensorBatches:
         rank, world = self._rank()
