@@ -31,3 +31,17 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def seed_for_rank(rank: int) -> None:
+    """Give process ``rank`` its own random stream, derived from the current seed.
+
+    ``seed_everything`` seeds every DDP process alike; samplers would then draw the same noise on
+    every rank (identical persistent chains or replay buffers). Rank 0 keeps its stream.
+    """
+    if rank == 0:
+        return
+    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

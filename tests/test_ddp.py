@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers.data import fake_mnist
 
 from lightning_ebm.models import DEM
 
@@ -38,3 +39,44 @@ def test_dem_toy_trains_under_two_process_ddp(tmp_path: Path) -> None:
     assert abs(total - sum(v for k, v in ranks[0].items() if k.startswith("energy_net."))) < 1e-6
     assert model.sample(4).shape == (4, 2)
     assert not torch.isnan(model.energy(torch.zeros(2, 2))).any()
+
+
+def test_rbm_pcd_keeps_per_rank_chains_through_a_ddp_checkpoint(tmp_path: Path) -> None:
+    """rbm_mnist_pcd.yaml on 2 processes: identical parameters, but each rank its own persistent chains,
+    all of them in the checkpoint, and each rank gets its own back on resume."""
+    fake_mnist(tmp_path / "data", n_train=1200, n_test=200)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env["OMP_NUM_THREADS"] = "1"
+
+    def fit(epochs: int, *extra: str) -> None:
+        cmd = [
+            sys.executable, "-m", "lightning_ebm", "fit", "--config", "rbm_mnist_pcd",
+            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+            "--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.callbacks", "[]",
+            "--checkpoint.monitor", "null", "--checkpoint.every_n_epochs", "1",
+            "--model.init_args.n_hidden", "50", "--model.init_args.num_chains", "7",
+            "--data.data_dir", str(tmp_path / "data"), "--data.download", "false", "--data.val_size", "200",
+            "--trainer.callbacks+=helpers.callbacks.ParameterDigest",
+            "--trainer.callbacks.dirpath", str(tmp_path / f"digest{epochs}"),
+            "--trainer.callbacks+=helpers.callbacks.ChainDigest",
+            "--trainer.callbacks.dirpath", str(tmp_path / f"digest{epochs}"),
+            *extra,
+        ]  # fmt: skip
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    fit(1)
+    params = [json.loads((tmp_path / "digest1" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert params[0] == params[1]
+    chains = [json.loads((tmp_path / "digest1" / f"chains{r}.json").read_text()) for r in range(2)]
+    assert chains[0]["end"] != chains[1]["end"]  # per-rank chains, not rank 0's broadcast
+    ckpt = tmp_path / "rbm_mnist_pcd" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["persistent_chains"]
+    assert saved.shape == (2, 7, 784)
+    assert [float(c.double().sum()) for c in saved] == [chains[0]["end"], chains[1]["end"]]
+
+    fit(2, "--ckpt_path", str(ckpt))
+    resumed = [json.loads((tmp_path / "digest2" / f"chains{r}.json").read_text()) for r in range(2)]
+    assert [r["start"] for r in resumed] == [c["end"] for c in chains]  # each rank continues its own chains

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from lightning_ebm.nn.base import module_spec
-from lightning_ebm.rng import rng_states, set_rng_states
+from lightning_ebm.rng import rng_states, seed_for_rank, set_rng_states
 
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
@@ -136,12 +136,27 @@ class EnergyBasedModel(L.LightningModule, ABC):
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name in prog_bar)
 
+    def on_fit_start(self) -> None:
+        """Under DDP, give each process its own random stream (a resumed run restores its own instead)."""
+        if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
+            seed_for_rank(self.trainer.global_rank)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the random number generators' states, so that a resumed run draws the same numbers."""
-        checkpoint["rng_states"] = rng_states()
+        """Save the random number generators' states of every process, so that a resumed run draws
+        the same numbers (every process calls this hook; only rank 0 writes the file)."""
+        states = rng_states()
+        checkpoint["rng_states"] = states
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, states)
+            checkpoint["rng_states_per_rank"] = gathered
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng_states" in checkpoint:
+        per_rank = checkpoint.get("rng_states_per_rank")
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        if per_rank is not None and world == len(per_rank):
+            set_rng_states(per_rank[rank])
+        elif "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
 
     @torch.no_grad()

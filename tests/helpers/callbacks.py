@@ -20,3 +20,25 @@ class ParameterDigest(L.Callback):
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump(digest, f)
+
+
+class ChainDigest(L.Callback):
+    """Each rank writes the sum of its persistent chains at the start and end of fit to
+    ``<dirpath>/chains<R>.json`` (for the per-rank state tests)."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+        self.digest: dict[str, float] = {}
+
+    def _record(self, key: str, pl_module: L.LightningModule) -> None:
+        chains = getattr(pl_module, "persistent_chains", None)
+        self.digest[key] = None if chains is None else float(chains.double().sum())
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record("start", pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record("end", pl_module)
+        os.makedirs(self.dirpath, exist_ok=True)
+        with open(os.path.join(self.dirpath, f"chains{trainer.global_rank}.json"), "w") as f:
+            json.dump(self.digest, f)
