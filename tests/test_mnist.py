@@ -1,6 +1,6 @@
 """MNIST data module: splits, preprocessing, binarisation, sharding, and clear errors.
 
-The tests marked ``real`` read the real MNIST test split from ``/work/shared/data/mnist`` (the two
+The tests marked ``real`` read the real MNIST test split from ``../shared/data/mnist`` (the two
 ``.gz`` files torchvision downloads) and are skipped where that folder is absent; the others build
 small fake files in torchvision's on-disk format.
 """
@@ -8,32 +8,26 @@ small fake files in torchvision's on-disk format.
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from helpers.data import MNIST_TEST_FILES, SHARED_DATA, fake_mnist, idx_bytes, real_mnist_dir
 
 from lightning_ebm.datamodules import MNISTDataModule
 from lightning_ebm.datamodules.mnist import parse_idx
 from lightning_ebm.errors import UserError
 
-REAL = Path("/work/shared/data/mnist")
-REAL_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+REAL = SHARED_DATA / "mnist"
+REAL_FILES = MNIST_TEST_FILES
 
 
 @pytest.fixture
 def real_dir(tmp_path: Path) -> Path:
     """A data_dir holding copies of the real test files in torchvision's layout (MNIST/raw/)."""
-    if not all((REAL / name).is_file() for name in REAL_FILES):
-        pytest.skip(f"the real MNIST test files ({', '.join(REAL_FILES)}) are not in {REAL}")
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in REAL_FILES:
-        shutil.copyfile(REAL / name, raw / name)
-    return tmp_path
+    return real_mnist_dir(tmp_path)
 
 
 def real_module(data_dir: Path, **kwargs) -> MNISTDataModule:
@@ -41,33 +35,6 @@ def real_module(data_dir: Path, **kwargs) -> MNISTDataModule:
     dm = MNISTDataModule(data_dir=str(data_dir), **kwargs)
     dm.setup("fit")
     return dm
-
-
-def idx_bytes(array: torch.Tensor, magic: int | None = None) -> bytes:
-    """An IDX file (big-endian header, uint8 payload) holding ``array``."""
-    magic = magic if magic is not None else (2051 if array.dim() == 3 else 2049)
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.to(torch.uint8).contiguous().numpy().tobytes()
-
-
-def fake_mnist(data_dir: Path, n_train: int = 100, n_test: int = 20, gz: bool = False) -> dict[str, torch.Tensor]:
-    """Write all four MNIST files of random content into ``data_dir/MNIST/raw/``."""
-    g = torch.Generator().manual_seed(123)
-    arrays = {
-        "train-images-idx3-ubyte": torch.randint(0, 256, (n_train, 28, 28), generator=g),
-        "train-labels-idx1-ubyte": torch.arange(n_train) % 10,
-        "t10k-images-idx3-ubyte": torch.randint(0, 256, (n_test, 28, 28), generator=g),
-        "t10k-labels-idx1-ubyte": torch.arange(n_test) % 10,
-    }
-    raw = data_dir / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, array in arrays.items():
-        data = idx_bytes(array)
-        if gz:
-            (raw / (name + ".gz")).write_bytes(gzip.compress(data))
-        else:
-            (raw / name).write_bytes(data)
-    return arrays
 
 
 def fake_trainer(rank: int = 0, world_size: int = 1, training: bool = True) -> SimpleNamespace:
@@ -307,3 +274,8 @@ def test_dynamic_binarisation_inside_a_trainer(tmp_path: Path) -> None:
     assert dm.train_data.unique().numel() > 2  # the stored training data stays grey
     val = torch.cat(model.val_batches)
     assert torch.equal(val, torch.cat([dm.val_data, dm.val_data]))  # fixed across epochs
+
+
+def test_no_validation_split_with_flattened_images(real_dir: Path) -> None:
+    dm = real_module(real_dir, val_size=0, flatten=True)
+    assert dm.val_data.shape == (0, 784) and dm.train_data.shape == (8000, 784)

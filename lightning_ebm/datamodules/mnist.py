@@ -318,7 +318,7 @@ class MNISTDataModule(L.LightningDataModule):
             x = torch.bernoulli(x, generator=self._generator(stream))
         elif self.binarize == "none" and self.value_range == "symmetric":
             x = x.mul_(2.0).sub_(1.0)
-        return x.reshape(x.shape[0], -1) if self.flatten else x
+        return x.flatten(1) if self.flatten else x
 
     def _check_sizes(self, n: int, n_train: int, what: str) -> None:
         if n_train >= self.batch_size:
