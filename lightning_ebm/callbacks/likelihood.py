@@ -16,12 +16,15 @@ class AISLogLikelihood(L.Callback):
 
     It logs ``val/log_likelihood`` (nats per example), ``val/log_partition`` and the half-width of
     its ``+-3`` std interval, ``val/log_partition_interval``, and the training data's mean
-    log-likelihood, ``train/log_likelihood`` (the gap is the over-fitting). The AIS run is on
+    log-likelihood, ``train/log_likelihood`` (the gap is the over-fitting), and the AIS weights'
+    effective sample size, ``val/ais_effective_sample_size`` (far below ``num_chains``: the estimate
+    is unreliable, see :func:`~lightning_ebm.evaluation.estimate_log_partition`). The AIS run is on
     rank 0; its result is broadcast so that every process logs the same value (and a checkpoint
     can monitor it).
 
-    Defaults keep it cheap during training (2,000 betas, 100 chains); report final numbers with the
-    full schedule: ``lightning_ebm.evaluation.estimate_log_partition(model, data=train)``.
+    Defaults keep it cheap during training (2,000 betas, 100 chains). In ``test`` it logs
+    ``test/log_likelihood`` of the data module's ``test_data`` with the full schedule
+    (``test_num_betas``, 14,500 as in Salakhutdinov & Murray 2008), the number to report.
 
     Args:
         every_n_epochs: how often to run.
@@ -29,6 +32,7 @@ class AISLogLikelihood(L.Callback):
         num_betas: annealing steps (Salakhutdinov & Murray's schedule, shrunk proportionally).
         max_examples: held-out examples evaluated (the data module's ``val_data``).
         seed: seed of the AIS chains.
+        test_num_betas: annealing steps of the estimate made in ``test``.
     """
 
     def __init__(
@@ -38,34 +42,48 @@ class AISLogLikelihood(L.Callback):
         num_betas: int = 2_000,
         max_examples: int = 10_000,
         seed: int = 0,
+        test_num_betas: int = 14_500,
     ) -> None:
         self.every_n_epochs = every_n_epochs
         self.num_chains = num_chains
         self.num_betas = num_betas
         self.max_examples = max_examples
         self.seed = seed
+        self.test_num_betas = test_num_betas
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not is_due(trainer, self.every_n_epochs):
             return
-        values = torch.zeros(4, dtype=torch.float64, device=pl_module.device)
-        if trainer.is_global_zero:
-            values = self.evaluate(trainer, pl_module).to(pl_module.device)
-        values = trainer.strategy.broadcast(values, src=0)
         names = ("val/log_likelihood", "train/log_likelihood", "val/log_partition", "val/log_partition_interval")
+        names += ("val/ais_effective_sample_size",)
+        self._evaluate_and_log(trainer, pl_module, names, "val_data", self.num_betas)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        names = ("test/log_likelihood", "test/train_log_likelihood", "test/log_partition")
+        names += ("test/log_partition_interval", "test/ais_effective_sample_size")
+        self._evaluate_and_log(trainer, pl_module, names, "test_data", self.test_num_betas)
+
+    def _evaluate_and_log(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, names: tuple[str, ...], split: str, num_betas: int
+    ) -> None:
+        """AIS on rank 0, broadcast to every rank, logged under ``names``."""
+        values = torch.zeros(len(names), dtype=torch.float64, device=pl_module.device)
+        if trainer.is_global_zero:
+            values = self.evaluate(trainer, pl_module, split, num_betas).to(pl_module.device)
+        values = trainer.strategy.broadcast(values, src=0)
         for name, value in zip(names, values):
             pl_module.log(name, value.float())
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
-        """``[val log-likelihood, train log-likelihood, log Z, half-width of the interval]``."""
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, num_betas: int) -> Tensor:
+        """``[held-out log-likelihood, train log-likelihood, log Z, half-width of the interval, ESS]``."""
         dm = trainer.datamodule
-        held_out = getattr(dm, "val_data", None)
+        held_out = getattr(dm, split, None)
         train = getattr(dm, "train_data", None)
         if not isinstance(held_out, Tensor) or not isinstance(train, Tensor):
-            raise TypeError("AISLogLikelihood needs a data module exposing `train_data` and `val_data` tensors")
+            raise TypeError(f"AISLogLikelihood needs a data module exposing `train_data` and `{split}` tensors")
         held_out, train_part = held_out[: self.max_examples], train[: self.max_examples]
         estimate = estimate_log_partition(
-            pl_module, num_chains=self.num_chains, betas=self.num_betas, data=train, seed=self.seed
+            pl_module, num_chains=self.num_chains, betas=num_betas, data=train, seed=self.seed
         )
         return torch.tensor(
             [
@@ -73,6 +91,7 @@ class AISLogLikelihood(L.Callback):
                 log_likelihood(pl_module, train_part, estimate).mean(),
                 estimate.estimate,
                 (estimate.upper - estimate.lower) / 2,
+                estimate.effective_sample_size,
             ],
             dtype=torch.float64,
         )

@@ -27,6 +27,7 @@ whose Gibbs transition samples ``h ~ sigmoid(beta (c + W^T v))`` then
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -178,7 +179,16 @@ def estimate_log_partition(
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        return annealed_importance_sampling(path, num_chains, betas)
+        estimate = annealed_importance_sampling(path, num_chains, betas)
+    ess = estimate.effective_sample_size
+    if num_chains >= 10 and ess < 0.1 * num_chains:
+        warnings.warn(
+            f"AIS weights are degenerate (effective sample size {ess:.1f} of {num_chains} chains): log Z "
+            f"{estimate.estimate:.2f} is unreliable and most likely too low, so log-likelihoods would be too "
+            "high; use more betas and chains",
+            stacklevel=2,
+        )
+    return estimate
 
 
 @torch.no_grad()
