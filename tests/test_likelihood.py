@@ -142,7 +142,11 @@ def test_ais_callback_logs_the_held_out_log_likelihood() -> None:
 
     rbm = RBM(16, 8, lr=0.05, num_filters=0)
     trainer = L.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[AISLogLikelihood(every_n_epochs=1, num_chains=50, num_betas=2_000)],
     )
     trainer.fit(rbm, datamodule=Data())

@@ -211,8 +211,18 @@ def test_gaussian_rbm_learns_mean_and_variance() -> None:
     std = torch.tensor([0.3, 0.6, 1.0])
     data = torch.tensor([1.0, -2.0, 0.5]) + std * torch.randn(6000, 3)
     rbm = RBM(
-        3, 2, visible="gaussian", learn_sigma=True, sigma=1.0, sigma_bounds=(0.1, 1.1), method="pcd", k=1,
-        lr=0.02, weight_decay=0.1, init_std=1e-4, num_filters=0,
+        3,
+        2,
+        visible="gaussian",
+        learn_sigma=True,
+        sigma=1.0,
+        sigma_bounds=(0.1, 1.1),
+        method="pcd",
+        k=1,
+        lr=0.02,
+        weight_decay=0.1,
+        init_std=1e-4,
+        num_filters=0,
     )
     trainer(15).fit(rbm, datamodule=TensorData(data, batch_size=100))
     torch.testing.assert_close(rbm.visible_bias.detach(), data.mean(0), atol=0.1, rtol=0)
@@ -276,3 +286,14 @@ def test_exact_log_partition_refuses_large_layers() -> None:
     with pytest.raises(UserError, match="refusing above 25 units"):
         exact_log_partition(RBM(40, 30))
     assert math.isfinite(exact_log_partition(RBM(40, 12)))
+
+
+@pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
+def test_closed_form_surrogate_has_the_gradient_of_the_free_energy_difference(visible: str) -> None:
+    rbm = random_rbm(6, 5, scale=0.5, visible=visible, sigma=0.7)
+    v_data = torch.bernoulli(torch.full((7, 6), 0.4, dtype=torch.float64))
+    v_model = torch.rand(5, 6, dtype=torch.float64)  # as many persistent chains as the user chose
+    params = [rbm.W, rbm.visible_bias, rbm.hidden_bias]
+    expected = torch.autograd.grad(rbm.cd_loss(v_data, v_model), params)
+    for got, want in zip(torch.autograd.grad(rbm.cd_surrogate(v_data, v_model), params), expected):
+        torch.testing.assert_close(got, want)

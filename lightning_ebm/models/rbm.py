@@ -250,8 +250,39 @@ class RBM(EnergyBasedModel):
         return self.persistent_chains
 
     def cd_loss(self, v_data: Tensor, v_model: Tensor) -> Tensor:
-        """``mean F(v_data) - mean F(v_model)``: its gradient is the negative CD / PCD update."""
-        return self.free_energy(v_data).mean() - self.free_energy(v_model.detach()).mean()
+        """``mean F(v_data) - mean F(v_model)``: its gradient is the negative CD / PCD update.
+
+        Both batches go through one free-energy evaluation (one larger matrix product forwards and
+        one backwards instead of two each)."""
+        n = v_data.shape[0]
+        free_energy = self.free_energy(torch.cat([v_data, v_model.detach()]))
+        return free_energy[:n].mean() - free_energy[n:].mean()
+
+    def cd_surrogate(self, v_data: Tensor, v_model: Tensor) -> Tensor:
+        """A loss with the gradient of :meth:`cd_loss`, computed in closed form (Hinton 2010, Eq. 9-10):
+
+            dW = -(<v p(h|v)^T>_data - <v p(h|v)^T>_model),  db = -(<v>_data - <v>_model),
+            dc = -(<p(h|v)>_data - <p(h|v)>_model)
+
+        (``v / sigma^2`` and ``(v - b) / sigma^2`` for Gaussian units), returned as ``sum(theta * dtheta)``
+        with ``dtheta`` constant. Its backward pass is elementwise, so an update costs two matrix
+        products instead of the four of autograd through the free energy; DDP averages it like any
+        loss. Not for a learned variance (whose gradient this does not give): :meth:`cd_loss` then.
+        """
+        n, m = v_data.shape[0], v_model.shape[0]
+        with torch.no_grad():
+            v = torch.cat([v_data, v_model])
+            scaled = v / self.variance if self.gaussian else v
+            p = torch.sigmoid(torch.addmm(self.hidden_bias, scaled, self.W))
+            sign = torch.full((n + m, 1), 1.0 / n, device=v.device, dtype=v.dtype)
+            sign[n:] = -1.0 / m
+            p_signed = p * sign
+            grad_W = -(scaled.t() @ p_signed)
+            grad_hidden = -p_signed.sum(0)
+            grad_visible = -((scaled - self.visible_bias / self.variance) if self.gaussian else v).mul(sign).sum(0)
+        return (
+            (self.W * grad_W).sum() + (self.visible_bias * grad_visible).sum() + (self.hidden_bias * grad_hidden).sum()
+        )
 
     def sparsity_loss(self, v_data: Tensor) -> Tensor:
         """Hinton's sparsity term (2010, section 11): a surrogate whose gradient is
@@ -269,7 +300,10 @@ class RBM(EnergyBasedModel):
         v_data = self.flatten(self.batch_data(batch))
         with torch.no_grad():
             v_model = self.negative_phase(v_data)
-        loss = self.cd_loss(v_data, v_model)
+        if self.gaussian and self.hparams.learn_sigma:
+            loss = self.cd_loss(v_data, v_model)
+        else:
+            loss = self.cd_surrogate(v_data, v_model)
         if self.hparams.sparsity_target is not None and self.hparams.sparsity_cost > 0:
             loss = loss + self.sparsity_loss(v_data)
         if self.should_log_step:
