@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import TensorBatches
+from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
 from lightning_ebm.errors import UserError
 
 BINARIZE_CHOICES = ("none", "static", "dynamic")
@@ -365,12 +365,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.test_labels = test_y[self.test_indices]
 
     # ------------------------------------------------------------------------------- dataloaders
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def train_dataloader(self) -> TensorBatches:
-        rank, world = self._rank()
+        rank, world = rank_and_world_size(self.trainer)
         assert self.train_data is not None and self.train_labels is not None, "call setup() first"
         return TensorBatches(
             self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
@@ -380,7 +376,7 @@ class MNISTDataModule(L.LightningDataModule):
         assert x is not None and y is not None, "call setup() first"
         if x.shape[0] == 0:
             return []  # Lightning skips an empty list of loaders
-        rank, world = self._rank()
+        rank, world = rank_and_world_size(self.trainer)
         return TensorBatches(
             x,
             y,

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import TensorBatches
+from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
 from lightning_ebm.errors import UserError
 
 TOY_NAMES = ("swissroll", "8gaussians", "25gaussians", "rings", "checkerboard", "2spirals")
@@ -140,17 +140,13 @@ class Toy2DDataModule(L.LightningDataModule):
             self.train_data = sample_toy2d(self.name, self.num_samples, g)
             self.val_data = sample_toy2d(self.name, self.num_val_samples, g)
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def train_dataloader(self) -> TensorBatches:
-        rank, world = self._rank()
+        rank, world = rank_and_world_size(self.trainer)
         assert self.train_data is not None
         return TensorBatches(self.train_data, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world)
 
     def val_dataloader(self) -> TensorBatches:
-        rank, world = self._rank()
+        rank, world = rank_and_world_size(self.trainer)
         assert self.val_data is not None
         return TensorBatches(
             self.val_data,

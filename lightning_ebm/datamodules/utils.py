@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def rank_and_world_size(trainer: Any) -> tuple[int, int]:
+    """``(global rank, world size)`` of a data module's trainer, ``(0, 1)`` without one."""
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
 class TensorBatches:
