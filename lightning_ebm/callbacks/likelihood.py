@@ -54,13 +54,23 @@ class AISLogLikelihood(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not is_due(trainer, self.every_n_epochs):
             return
-        names = ("val/log_likelihood", "train/log_likelihood", "val/log_partition", "val/log_partition_interval")
-        names += ("val/ais_effective_sample_size",)
+        names = (
+            "val/log_likelihood",
+            "train/log_likelihood",
+            "val/log_partition",
+            "val/log_partition_interval",
+            "val/ais_effective_sample_size",
+        )
         self._evaluate_and_log(trainer, pl_module, names, "val_data", self.num_betas)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        names = ("test/log_likelihood", "test/train_log_likelihood", "test/log_partition")
-        names += ("test/log_partition_interval", "test/ais_effective_sample_size")
+        names = (
+            "test/log_likelihood",
+            "test/train_log_likelihood",
+            "test/log_partition",
+            "test/log_partition_interval",
+            "test/ais_effective_sample_size",
+        )
         self._evaluate_and_log(trainer, pl_module, names, "test_data", self.test_num_betas)
 
     def _evaluate_and_log(

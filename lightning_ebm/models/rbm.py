@@ -41,7 +41,7 @@ from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli, sample_g
 
 _VISIBLE = ("bernoulli", "gaussian")
 _METHODS = ("cd", "pcd")
-_STARTS = ("noise", "data", "chains")
+_STARTS = ("noise", "chains")  # or a tensor of starting states
 
 
 class RBM(EnergyBasedModel):
@@ -110,7 +110,7 @@ class RBM(EnergyBasedModel):
         for name, value, choices in (
             ("visible", visible, _VISIBLE),
             ("method", method, _METHODS),
-            ("sample_start", sample_start, ("noise", "chains")),
+            ("sample_start", sample_start, _STARTS),
             ("lr_decay", lr_decay, ("none", "linear")),
         ):
             if value not in choices:
@@ -154,11 +154,13 @@ class RBM(EnergyBasedModel):
         """``(batch, *data_shape)`` to ``(batch, n_visible)``, in the parameters' dtype."""
         return x.reshape(x.shape[0], -1).to(self.W.dtype)
 
+    def scaled_visible(self, v: Tensor) -> Tensor:
+        """What the visible units send to the hidden ones: ``v``, or ``v / sigma^2`` for Gaussian units."""
+        return v / self.variance if self.gaussian else v
+
     def hidden_input(self, v: Tensor) -> Tensor:
         """Total input of the hidden units, ``c + W^T v`` (``v / sigma^2`` for Gaussian units)."""
-        if self.gaussian:
-            v = v / self.variance
-        return v @ self.W + self.hidden_bias
+        return torch.addmm(self.hidden_bias, self.scaled_visible(v), self.W)
 
     def hidden_probs(self, v: Tensor) -> Tensor:
         """``p(h = 1 | v)``."""
@@ -176,21 +178,19 @@ class RBM(EnergyBasedModel):
         mean = self.visible_mean(h)
         return sample_gaussian(mean, self.variance.sqrt()) if self.gaussian else sample_bernoulli(mean)
 
+    def visible_energy(self, v: Tensor) -> Tensor:
+        """The visible units' own term of the energy: ``-b^T v`` or ``sum_i (v_i - b_i)^2 / (2 sigma_i^2)``."""
+        if self.gaussian:
+            return ((v - self.visible_bias) ** 2 / (2 * self.variance)).sum(1)
+        return -(v @ self.visible_bias)
+
     def free_energy(self, v: Tensor) -> Tensor:
         """``F(v) = -log sum_h exp(-E(v, h))`` of flattened ``v``, shape ``(batch,)``."""
-        hidden_term = F.softplus(self.hidden_input(v)).sum(1)
-        if self.gaussian:
-            return ((v - self.visible_bias) ** 2 / (2 * self.variance)).sum(1) - hidden_term
-        return -(v @ self.visible_bias) - hidden_term
+        return self.visible_energy(v) - F.softplus(self.hidden_input(v)).sum(1)
 
     def joint_energy(self, v: Tensor, h: Tensor) -> Tensor:
         """``E(v, h)`` of flattened ``v`` and ``h``, shape ``(batch,)``."""
-        coupling = ((v / self.variance) @ self.W * h).sum(1) if self.gaussian else (v @ self.W * h).sum(1)
-        if self.gaussian:
-            visible_term = ((v - self.visible_bias) ** 2 / (2 * self.variance)).sum(1)
-        else:
-            visible_term = -(v @ self.visible_bias)
-        return visible_term - h @ self.hidden_bias - coupling
+        return self.visible_energy(v) - h @ self.hidden_bias - (self.scaled_visible(v) @ self.W * h).sum(1)
 
     def gibbs_step(self, v: Tensor) -> Tensor:
         """One sweep ``v -> h ~ p(h | v) -> v' ~ p(v | h)``."""
@@ -272,7 +272,7 @@ class RBM(EnergyBasedModel):
         n, m = v_data.shape[0], v_model.shape[0]
         with torch.no_grad():
             v = torch.cat([v_data, v_model])
-            scaled = v / self.variance if self.gaussian else v
+            scaled = self.scaled_visible(v)
             p = torch.sigmoid(torch.addmm(self.hidden_bias, scaled, self.W))
             sign = torch.full((n + m, 1), 1.0 / n, device=v.device, dtype=v.dtype)
             sign[n:] = -1.0 / m
