@@ -1,0 +1,108 @@
+"""Test log-likelihood of RBMs trained on real binarized MNIST: scikit-learn's BernoulliRBM against
+our training recipes, on the same images, for the same number of epochs.
+
+The 10,000-image MNIST test split (``--mnist-dir``) is binarized once (seed 0) and split into 8,000
+training and 2,000 test images. With at most 25 hidden units log Z is exact (enumeration), so the
+comparison involves no estimator; above that it is AIS (14,500 betas, 100 chains), and its
+effective sample size is printed so that a degenerate estimate can be seen.
+
+Examples::
+
+    python benchmarks/rbm_likelihood.py --hidden 20 --epochs 10
+    python benchmarks/rbm_likelihood.py --hidden 500 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lightning_ebm.datamodules import MNISTDataModule
+from lightning_ebm.evaluation import estimate_log_partition, exact_log_partition, log_likelihood
+from lightning_ebm.models import RBM
+
+DEFAULT_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+#: our recipes, as RBM arguments (batches of 10 like scikit-learn's default)
+RECIPES = {
+    "ours_pcd1_linear_decay_no_momentum": dict(
+        method="pcd", lr=0.05, lr_decay="linear", momentum=0.0, final_momentum=0.0
+    ),
+    "ours_pcd1_linear_decay_momentum_0.5_0.9": dict(method="pcd", lr=0.05, lr_decay="linear"),
+    "ours_cd1_momentum_0.5_0.9": dict(method="cd", lr=0.05),
+}
+
+
+def load(mnist_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    dm = MNISTDataModule(
+        data_dir=str(mnist_dir), source="test-split", binarize="static", val_size=0, test_size=2000, flatten=True
+    )
+    dm.setup("fit")
+    return dm.train_data, dm.test_data
+
+
+def fit_ours(train: torch.Tensor, hidden: int, epochs: int, batch_size: int, **recipe) -> RBM:
+    L.seed_everything(0, verbose=False)
+    rbm = RBM(784, hidden, num_filters=0, **recipe)
+    trainer = L.Trainer(
+        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tempfile.mkdtemp(),
+    )  # fmt: skip
+    trainer.fit(rbm, torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True))
+    return rbm
+
+
+def fit_sklearn(train: torch.Tensor, hidden: int, epochs: int) -> RBM:
+    from sklearn.neural_network import BernoulliRBM
+
+    sk = BernoulliRBM(n_components=hidden, n_iter=epochs, random_state=0).fit(train.numpy())
+    rbm = RBM(784, hidden)
+    with torch.no_grad():
+        rbm.W.copy_(torch.from_numpy(sk.components_.T.copy()))
+        rbm.visible_bias.copy_(torch.from_numpy(sk.intercept_visible_))
+        rbm.hidden_bias.copy_(torch.from_numpy(sk.intercept_hidden_))
+    return rbm
+
+
+def score(rbm: RBM, train: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
+    if rbm.hparams.n_hidden <= 25:
+        log_z, extra = exact_log_partition(rbm), {"log_z": "exact"}
+    else:
+        estimate = estimate_log_partition(rbm, num_chains=100, data=train, seed=0)
+        log_z = estimate.estimate
+        extra = {"log_z": "AIS", "ais_effective_sample_size": round(estimate.effective_sample_size, 1)}
+    return {"test_log_likelihood": round(float(log_likelihood(rbm, test, log_z).mean()), 2), **extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST)
+    parser.add_argument("--hidden", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    train, test = load(args.mnist_dir)
+    results: dict[str, object] = {"data": f"{len(train)} train / {len(test)} test binarized MNIST images"}
+    start = time.perf_counter()
+    results["sklearn_defaults"] = score(fit_sklearn(train, args.hidden, args.epochs), train, test)
+    results["sklearn_defaults"]["train_s"] = round(time.perf_counter() - start, 1)
+    for name, recipe in RECIPES.items():
+        start = time.perf_counter()
+        rbm = fit_ours(train, args.hidden, args.epochs, args.batch_size, **recipe)
+        results[name] = {**score(rbm, train, test), "train_s": round(time.perf_counter() - start, 1)}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
