@@ -73,7 +73,7 @@ def test_rbm_pcd_keeps_per_rank_chains_through_a_ddp_checkpoint(tmp_path: Path) 
     chains = [json.loads((tmp_path / "digest1" / f"chains{r}.json").read_text()) for r in range(2)]
     assert chains[0]["end"] != chains[1]["end"]  # per-rank chains, not rank 0's broadcast
     ckpt = tmp_path / "rbm_mnist_pcd" / "version_0" / "checkpoints" / "last.ckpt"
-    saved = torch.load(ckpt, weights_only=True)["persistent_chains"]
+    saved = torch.load(ckpt, weights_only=True)["per_rank_state"]["persistent_chains"]
     assert saved.shape == (2, 7, 784)
     assert [float(c.double().sum()) for c in saved] == [chains[0]["end"], chains[1]["end"]]
 

@@ -239,7 +239,7 @@ def test_pcd_chains_persist_and_go_into_the_checkpoint(tmp_path) -> None:
     assert rbm.persistent_chains is not None and rbm.persistent_chains.shape == (13, 9)
     path = tmp_path / "pcd.ckpt"
     t.save_checkpoint(path)
-    assert torch.load(path, weights_only=True)["persistent_chains"].shape == (1, 13, 9)
+    assert torch.load(path, weights_only=True)["per_rank_state"]["persistent_chains"].shape == (1, 13, 9)
     restored = RBM.load_from_checkpoint(path)
     torch.testing.assert_close(restored.persistent_chains, rbm.persistent_chains)
     torch.testing.assert_close(restored.W, rbm.W)

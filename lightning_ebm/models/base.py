@@ -52,12 +52,6 @@ class EnergyBasedModel(L.LightningModule, ABC):
         super().__init__()
         self.data_shape = tuple(int(d) for d in data_shape)
 
-    def setup(self, stage: str) -> None:
-        """Configure DDP for the method before the strategy wraps the model."""
-        strategy = self.trainer.strategy
-        if self.ddp_find_unused_parameters and isinstance(strategy, DDPStrategy):
-            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
-
     # ------------------------------------------------------------------ the contract
     @abstractmethod
     def energy(self, x: Tensor) -> Tensor:
@@ -141,23 +135,70 @@ class EnergyBasedModel(L.LightningModule, ABC):
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
             seed_for_rank(self.trainer.global_rank)
 
+    # ------------------------------------------------------------------ per-process state in checkpoints
+    def per_rank_state(self) -> dict[str, Tensor]:
+        """This process's own state by name: persistent chains, replay buffers (none by default).
+
+        Such state must not be a registered buffer (DDP would overwrite it with rank 0's every
+        step). Every process's tensors are gathered into the checkpoint, ``(world_size, *shape)``
+        each, and each process gets its own slice back on resume (:meth:`load_per_rank_state`).
+        Every process must return the same names and shapes.
+        """
+        return {}
+
+    def load_per_rank_state(self, state: dict[str, Tensor]) -> None:
+        """Take back this process's state saved by :meth:`per_rank_state` (tensors on the model's device)."""
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the random number generators' states of every process, so that a resumed run draws
-        the same numbers (every process calls this hook; only rank 0 writes the file)."""
+        """Save the random number generators' states and the per-process state of every process, so
+        that a resumed run continues the same run (every process calls this hook; rank 0 writes)."""
+        distributed = self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized()
         states = rng_states()
         checkpoint["rng_states"] = states
-        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+        if distributed:
             gathered: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, states)
             checkpoint["rng_states_per_rank"] = gathered
+        per_rank = {}
+        for name, value in self.per_rank_state().items():
+            per_rank[name] = (self.all_gather(value) if distributed else value.unsqueeze(0)).detach().cpu()
+        if per_rank:
+            checkpoint["per_rank_state"] = per_rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         per_rank = checkpoint.get("rng_states_per_rank")
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        rank, world = self._rank_and_world()
         if per_rank is not None and world == len(per_rank):
             set_rng_states(per_rank[rank])
         elif "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        self._per_rank_state_from_checkpoint = checkpoint.get("per_rank_state")
+        self._restore_per_rank_state()
+
+    def setup(self, stage: str) -> None:
+        """Configure DDP for the method before the strategy wraps the model, and hand each process
+        its per-process state from the checkpoint being resumed (the rank is known only now)."""
+        strategy = self.trainer.strategy
+        if self.ddp_find_unused_parameters and isinstance(strategy, DDPStrategy):
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+        self._restore_per_rank_state()
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+
+    def _restore_per_rank_state(self) -> None:
+        """This process's slice of the saved per-process state (process ``r`` of ``N`` takes slice ``r``;
+        saved by another number of processes, the state is pooled and shared out again)."""
+        saved = getattr(self, "_per_rank_state_from_checkpoint", None)
+        if not saved:
+            return
+        rank, world = self._rank_and_world()
+        mine = {}
+        for name, value in saved.items():
+            if value.shape[0] != world:
+                value = value.reshape(-1, *value.shape[2:]).chunk(world)
+            mine[name] = value[rank].to(self.device).clone()
+        self.load_per_rank_state(mine)
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int) -> None:

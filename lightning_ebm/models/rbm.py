@@ -135,7 +135,6 @@ class RBM(EnergyBasedModel):
         #: a buffer: under DDP each process keeps its own (buffers would be overwritten by rank 0's),
         #: and :meth:`on_save_checkpoint` gathers every process's chains into the checkpoint.
         self.persistent_chains: Tensor | None = None
-        self._chains_from_checkpoint: Tensor | None = None
 
     # ------------------------------------------------------------------ the model
     @property
@@ -418,38 +417,13 @@ class RBM(EnergyBasedModel):
         log_image(self.trainer, "filters", make_grid(filters.cpu(), nrow=int(math.ceil(math.sqrt(n))), padding=1))
 
     # ------------------------------------------------------------------ persistent chains in checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save every process's persistent chains, ``(world_size, num_chains, n_visible)``."""
-        super().on_save_checkpoint(checkpoint)
-        if self.persistent_chains is None:
-            return
-        chains = self.persistent_chains
-        if self._trainer is not None and self.trainer.world_size > 1:
-            chains = self.all_gather(chains)  # every process calls this hook, so the collective is safe
-        else:
-            chains = chains.unsqueeze(0)
-        checkpoint["persistent_chains"] = chains.cpu()
+    def per_rank_state(self) -> dict[str, Tensor]:
+        """This process's persistent chains (PCD); the checkpoint holds every process's."""
+        return {} if self.persistent_chains is None else {"persistent_chains": self.persistent_chains}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._chains_from_checkpoint = checkpoint.get("persistent_chains")
-        self._restore_chains()
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        self._restore_chains()
-
-    def _restore_chains(self) -> None:
-        """This process's chains from the checkpoint (process ``r`` of ``N`` takes slice ``r``)."""
-        saved = self._chains_from_checkpoint
-        if saved is None:
-            return
-        rank, world = 0, 1
-        if self._trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-        if saved.shape[0] != world:  # another number of processes: share all chains out again
-            saved = saved.reshape(-1, saved.shape[-1]).chunk(world)
-        self.persistent_chains = saved[rank].to(self.device, self.W.dtype).clone()
+    def load_per_rank_state(self, state: dict[str, Tensor]) -> None:
+        if "persistent_chains" in state:
+            self.persistent_chains = state["persistent_chains"].to(self.W.dtype)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
