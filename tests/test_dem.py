@@ -142,8 +142,12 @@ def test_load_from_checkpoint_needs_only_the_path(tmp_path) -> None:
     model = tiny_dem(num_experts=3, energy_lr=0.123)
     dm = Toy2DDataModule(name="8gaussians", num_samples=512, batch_size=128)
     trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        limit_val_batches=0, default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, dm)
     path = tmp_path / "dem.ckpt"

@@ -3,12 +3,12 @@ against the exact distribution, and persistent chains through checkpoints."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import lightning as L
 import pytest
 import torch
+from helpers.boltzmann import BARS_AND_STRIPES, StopAfter, TensorData, all_states, empirical_distribution, trainer
 
 from lightning_ebm.evaluation import exact_log_partition
 from lightning_ebm.models import RBM
@@ -20,10 +20,6 @@ def random_rbm(n_visible: int, n_hidden: int, scale: float = 1.0, **kwargs) -> R
         rbm.visible_bias.normal_(0, scale)
         rbm.hidden_bias.normal_(0, scale)
     return rbm.double()
-
-
-def all_states(n: int) -> torch.Tensor:
-    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)), dtype=torch.float64)
 
 
 def test_free_energy_sums_out_the_hidden_units() -> None:
@@ -93,12 +89,6 @@ def exact_visible_distribution(rbm: RBM) -> torch.Tensor:
     return torch.softmax(-rbm.free_energy(v.to(rbm.W)).double(), 0)
 
 
-def empirical_distribution(samples: torch.Tensor) -> torch.Tensor:
-    n = samples.shape[1]
-    index = (samples.long() * (2 ** torch.arange(n - 1, -1, -1))).sum(1)  # itertools.product order
-    return torch.bincount(index, minlength=2**n).double() / samples.shape[0]
-
-
 def test_gibbs_chains_reach_the_exact_distribution() -> None:
     rbm = random_rbm(4, 3, scale=0.8).float()
     samples = rbm.sample(40_000, num_steps=50)
@@ -121,30 +111,6 @@ def test_sample_shapes_and_starts() -> None:
 
 
 # ---------------------------------------------------------------------- training on known data
-BARS_AND_STRIPES = torch.tensor(
-    sorted(
-        {tuple(torch.tensor(rows).repeat_interleave(3).tolist()) for rows in itertools.product([0, 1], repeat=3)}
-        | {tuple(torch.tensor(cols).repeat(3).tolist()) for cols in itertools.product([0, 1], repeat=3)}
-    ),
-    dtype=torch.float32,
-)  # the 14 distinct 3x3 bars-and-stripes patterns (MacKay 2003)
-
-
-class TensorData(L.LightningDataModule):
-    def __init__(self, data: torch.Tensor, batch_size: int) -> None:
-        super().__init__()
-        self.train_data = data
-        self.batch_size = batch_size
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True)
-
-
-def trainer(max_epochs: int, **kwargs) -> L.Trainer:
-    defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    return L.Trainer(max_epochs=max_epochs, **{**defaults, **kwargs})
-
-
 def exact_mean_log_likelihood(rbm: RBM, data: torch.Tensor) -> float:
     with torch.no_grad():
         return float(-rbm.energy(data).double().mean() - exact_log_partition(rbm))
@@ -243,17 +209,6 @@ def test_pcd_chains_persist_and_go_into_the_checkpoint(tmp_path) -> None:
     restored = RBM.load_from_checkpoint(path)
     torch.testing.assert_close(restored.persistent_chains, rbm.persistent_chains)
     torch.testing.assert_close(restored.W, rbm.W)
-
-
-class StopAfter(L.Callback):
-    """Stops a run at the end of an epoch, as if it had been killed there."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
 
 
 @pytest.mark.parametrize("method", ["cd", "pcd"])

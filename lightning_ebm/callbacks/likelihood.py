@@ -52,8 +52,8 @@ class AISLogLikelihood(L.Callback):
         self.test_num_betas = test_num_betas
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not is_due(trainer, self.every_n_epochs):
-            return
+        if not is_due(trainer, self.every_n_epochs) or not getattr(pl_module, "likelihood_ready", True):
+            return  # (a DBM in its pretraining phase has no likelihood of its own yet)
         names = (
             "val/log_likelihood",
             "train/log_likelihood",

@@ -4,9 +4,17 @@ AIS partition functions of the Boltzmann machines."""
 from lightning_ebm.evaluation.likelihood import (
     base_rate_bias,
     estimate_log_partition,
+    exact_log_likelihood,
     exact_log_partition,
     log_likelihood,
 )
 from lightning_ebm.evaluation.modes import mode_metrics
 
-__all__ = ["base_rate_bias", "estimate_log_partition", "exact_log_partition", "log_likelihood", "mode_metrics"]
+__all__ = [
+    "base_rate_bias",
+    "estimate_log_partition",
+    "exact_log_likelihood",
+    "exact_log_partition",
+    "log_likelihood",
+    "mode_metrics",
+]

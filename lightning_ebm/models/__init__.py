@@ -1,7 +1,10 @@
 """The methods. Each is an :class:`EnergyBasedModel` (see its docstring for the contract)."""
 
 from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.models.dbm import DBM
+from lightning_ebm.models.dbn import DBN
 from lightning_ebm.models.dem import DEM
 from lightning_ebm.models.rbm import RBM
+from lightning_ebm.models.stack import GreedyRBMStack
 
-__all__ = ["DEM", "RBM", "EnergyBasedModel"]
+__all__ = ["DBM", "DBN", "DEM", "RBM", "EnergyBasedModel", "GreedyRBMStack"]

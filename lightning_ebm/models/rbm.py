@@ -72,6 +72,12 @@ class RBM(EnergyBasedModel):
         sample_mean: :meth:`sample` returns the mean of ``p(v | h)`` at its last step instead of a
             sample (smoother images).
         num_filters: hidden units whose weights are drawn as images every epoch (0 disables it).
+        bottom_up_scale: multiplies ``W`` in the input of the hidden units, ``c + s W^T v``.
+        top_down_scale: multiplies ``W`` in the input of the visible units, ``b + s W h``. Both are 1
+            for an RBM; a deep Boltzmann machine pretrains its layers with 2 (Salakhutdinov & Hinton
+            2009: the first RBM doubles the bottom-up input, the last the top-down one, the middle
+            ones both), which stands in for the input the layer will get from the other side. With
+            unequal scales there is no joint energy; the free energy is then that of ``s_up W``.
     """
 
     def __init__(
@@ -101,6 +107,8 @@ class RBM(EnergyBasedModel):
         sample_start: str = "noise",
         sample_mean: bool = False,
         num_filters: int = 100,
+        bottom_up_scale: float = 1.0,
+        top_down_scale: float = 1.0,
     ) -> None:
         shape = tuple(data_shape) if data_shape is not None else (n_visible,)
         super().__init__(shape)
@@ -159,7 +167,7 @@ class RBM(EnergyBasedModel):
 
     def hidden_input(self, v: Tensor) -> Tensor:
         """Total input of the hidden units, ``c + W^T v`` (``v / sigma^2`` for Gaussian units)."""
-        return torch.addmm(self.hidden_bias, self.scaled_visible(v), self.W)
+        return torch.addmm(self.hidden_bias, self.scaled_visible(v), self.W, alpha=self.hparams.bottom_up_scale)
 
     def hidden_probs(self, v: Tensor) -> Tensor:
         """``p(h = 1 | v)``."""
@@ -167,7 +175,7 @@ class RBM(EnergyBasedModel):
 
     def visible_mean(self, h: Tensor) -> Tensor:
         """``E[v | h]``: ``sigmoid(b + W h)`` or ``b + W h``."""
-        pre = h @ self.W.t() + self.visible_bias
+        pre = torch.addmm(self.visible_bias, h, self.W.t(), alpha=self.hparams.top_down_scale)
         return pre if self.gaussian else torch.sigmoid(pre)
 
     def sample_hidden(self, v: Tensor) -> Tensor:
@@ -189,7 +197,8 @@ class RBM(EnergyBasedModel):
 
     def joint_energy(self, v: Tensor, h: Tensor) -> Tensor:
         """``E(v, h)`` of flattened ``v`` and ``h``, shape ``(batch,)``."""
-        return self.visible_energy(v) - h @ self.hidden_bias - (self.scaled_visible(v) @ self.W * h).sum(1)
+        coupling = (self.scaled_visible(v) @ self.W * h).sum(1) * self.hparams.bottom_up_scale
+        return self.visible_energy(v) - h @ self.hidden_bias - coupling
 
     def gibbs_step(self, v: Tensor) -> Tensor:
         """One sweep ``v -> h ~ p(h | v) -> v' ~ p(v | h)``."""
@@ -272,7 +281,7 @@ class RBM(EnergyBasedModel):
         with torch.no_grad():
             v = torch.cat([v_data, v_model])
             scaled = self.scaled_visible(v)
-            p = torch.sigmoid(torch.addmm(self.hidden_bias, scaled, self.W))
+            p = torch.sigmoid(torch.addmm(self.hidden_bias, scaled, self.W, alpha=self.hparams.bottom_up_scale))
             sign = torch.full((n + m, 1), 1.0 / n, device=v.device, dtype=v.dtype)
             sign[n:] = -1.0 / m
             p_signed = p * sign
@@ -350,39 +359,48 @@ class RBM(EnergyBasedModel):
 
     def on_train_start(self) -> None:
         if self.hparams.init_visible_bias and self.global_step == 0:
-            # The data module's training tensor if it has one (iterating the loader here would
-            # advance its epoch counter), else one pass over the training loader.
-            data = getattr(self.trainer.datamodule, "train_data", None)
-            if isinstance(data, Tensor):
-                self.init_visible_bias(data.split(1024))
-            else:
-                self.init_visible_bias(self.trainer.train_dataloader, sharded=True)
+            self.init_visible_bias_from(self.trainer)
         self._set_momentum()
 
     def on_train_epoch_start(self) -> None:
         self._set_momentum()
 
     def _set_momentum(self) -> None:
+        self.set_momentum(self.trainer.optimizers[0], self.current_epoch)
+
+    def set_momentum(self, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        """The recipe's momentum for ``epoch`` (of this RBM's training): ``momentum`` for the first
+        ``momentum_epochs``, then ``final_momentum``."""
         hp = self.hparams
-        momentum = hp.momentum if self.current_epoch < hp.momentum_epochs else hp.final_momentum
-        for group in self.trainer.optimizers[0].param_groups:
+        momentum = hp.momentum if epoch < hp.momentum_epochs else hp.final_momentum
+        for group in optimizer.param_groups:
             group["momentum"] = momentum
 
+    def init_visible_bias_from(self, trainer: Any) -> None:
+        """:meth:`init_visible_bias` from ``trainer``'s training data: the data module's ``train_data``
+        tensor if it has one (iterating the loader here would advance its epoch counter), else one
+        pass over the training loader, averaged over the processes."""
+        data = getattr(trainer.datamodule, "train_data", None)
+        if isinstance(data, Tensor):
+            self.init_visible_bias(data.split(1024))
+        else:
+            self.init_visible_bias(trainer.train_dataloader, strategy=trainer.strategy)
+
     @torch.no_grad()
-    def init_visible_bias(self, data: Any, smoothing: float = 0.01, sharded: bool = False) -> None:
+    def init_visible_bias(self, data: Any, smoothing: float = 0.01, strategy: Any = None) -> None:
         """Set ``b`` from the mean ``p`` of the data: ``log(p / (1 - p))`` (Bernoulli, Hinton 2010,
         section 8; ``p`` pulled ``smoothing`` towards 1/2 so that no bias is infinite) or ``p`` (Gaussian).
-        ``data`` is an iterable of batches; ``sharded`` ones (a DDP training loader) are averaged over
-        every process's share."""
+        ``data`` is an iterable of batches; with the ``strategy`` of a DDP run whose processes each
+        read their own share (the training loader), the means are taken over every share."""
         total = torch.zeros(self.hparams.n_visible, dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in data:
             v = self.flatten(self.batch_data(batch).to(self.device))
             total += v.sum(0).double()
             count += v.shape[0]
-        if sharded and self._trainer is not None and self.trainer.world_size > 1:
-            total = self.trainer.strategy.reduce(total, reduce_op="sum")
-            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        if strategy is not None and strategy.world_size > 1:
+            total = strategy.reduce(total, reduce_op="sum")
+            count = strategy.reduce(count, reduce_op="sum")
         mean = total / count.clamp_min(1)
         if not self.gaussian:
             p = (1 - smoothing) * mean + smoothing / 2
@@ -396,12 +414,12 @@ class RBM(EnergyBasedModel):
                 self.log_variance.clamp_(2 * math.log(low), 2 * math.log(high))
 
     def on_train_epoch_end(self) -> None:
-        self.log_filters()
+        self.log_filters(self.trainer)
 
-    def log_filters(self) -> None:
-        """Draw the weights of the first ``num_filters`` hidden units as images (rank 0)."""
+    def log_filters(self, trainer: Any, tag: str = "filters") -> None:
+        """Draw the weights of the first ``num_filters`` hidden units as images (rank 0 of ``trainer``)."""
         n = min(self.hparams.num_filters, self.hparams.n_hidden)
-        if n == 0 or self.trainer is None or not self.trainer.is_global_zero or len(self.data_shape) < 2:
+        if n == 0 or trainer is None or not trainer.is_global_zero or len(self.data_shape) < 2:
             return
         from torchvision.utils import make_grid
 
@@ -414,7 +432,7 @@ class RBM(EnergyBasedModel):
         low = filters.flatten(1).min(1).values.view(-1, 1, 1, 1)
         high = filters.flatten(1).max(1).values.view(-1, 1, 1, 1)
         filters = (filters - low) / (high - low).clamp_min(1e-8)
-        log_image(self.trainer, "filters", make_grid(filters.cpu(), nrow=int(math.ceil(math.sqrt(n))), padding=1))
+        log_image(trainer, tag, make_grid(filters.cpu(), nrow=int(math.ceil(math.sqrt(n))), padding=1))
 
     # ------------------------------------------------------------------ persistent chains in checkpoints
     def per_rank_state(self) -> dict[str, Tensor]:
@@ -425,14 +443,19 @@ class RBM(EnergyBasedModel):
         if "persistent_chains" in state:
             self.persistent_chains = state["persistent_chains"].to(self.W.dtype)
 
-    def configure_optimizers(self) -> Any:
+    def build_optimizer(self) -> torch.optim.SGD:
+        """SGD with momentum, the weight decay on ``W`` only."""
         hp = self.hparams
         params = [p for name, p in self.named_parameters() if name != "W"]
-        optimizer = torch.optim.SGD(
+        return torch.optim.SGD(
             [{"params": [self.W], "weight_decay": hp.weight_decay}, {"params": params, "weight_decay": 0.0}],
             lr=hp.lr,
             momentum=hp.momentum,
         )
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = self.build_optimizer()
         if hp.lr_decay == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
