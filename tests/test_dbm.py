@@ -28,7 +28,7 @@ def brute_force_log_joint(dbm: DBM) -> torch.Tensor:
     """``-E(x)`` of every joint state, shape ``(2^n_0, 2^n_1, ...)``."""
     states = [all_states(n) for n in dbm.layer_sizes]
     index = torch.cartesian_prod(*[torch.arange(len(s)) for s in states])
-    log_joint = -dbm.joint_energy([s[index[:, l]] for l, s in enumerate(states)])
+    log_joint = -dbm.joint_energy([s[index[:, i]] for i, s in enumerate(states)])
     return log_joint.reshape(*[len(s) for s in states])
 
 
@@ -92,11 +92,11 @@ def test_update_is_the_hand_derived_stochastic_approximation() -> None:
     loss = dbm.stochastic_approximation_surrogate(mu, chains)
     loss.backward()
     # The update (minus the gradient) is <x_l x_{l+1}^T>_data - <x_l x_{l+1}^T>_model, from mu and the chains.
-    for l, W in enumerate(dbm.weights):
-        want = mu[l].t() @ mu[l + 1] / 7 - chains[l].t() @ chains[l + 1] / 9
+    for i, W in enumerate(dbm.weights):
+        want = mu[i].t() @ mu[i + 1] / 7 - chains[i].t() @ chains[i + 1] / 9
         torch.testing.assert_close(-W.grad, want)
-    for l, b in enumerate(dbm.biases):
-        torch.testing.assert_close(-b.grad, mu[l].mean(0) - chains[l].mean(0))
+    for i, b in enumerate(dbm.biases):
+        torch.testing.assert_close(-b.grad, mu[i].mean(0) - chains[i].mean(0))
     # ... which is the gradient of mean E(data) - mean E(model) with mu and the chains held fixed.
     params = [*dbm.weights, *dbm.biases]
     energy_gap = dbm.joint_energy([m.detach() for m in mu]).mean() - dbm.joint_energy(chains).mean()
@@ -118,12 +118,12 @@ def test_pretraining_doubles_exactly_the_inputs_of_the_paper() -> None:
         torch.testing.assert_close(rbm.hidden_probs(x), torch.sigmoid(rbm.hidden_bias + up * x @ rbm.W))
         torch.testing.assert_close(rbm.visible_mean(h), torch.sigmoid(rbm.visible_bias + down * h @ rbm.W.t()))
     dbm.compose_pretrained()
-    for l, rbm in enumerate(dbm.rbms):
-        torch.testing.assert_close(dbm.weights[l], rbm.W)
+    for i, rbm in enumerate(dbm.rbms):
+        torch.testing.assert_close(dbm.weights[i], rbm.W)
     torch.testing.assert_close(dbm.biases[0], dbm.rbms[0].visible_bias)
     torch.testing.assert_close(dbm.biases[3], dbm.rbms[2].hidden_bias)
-    for l in (1, 2):  # a shared layer's bias: the mean of its two RBMs' biases
-        torch.testing.assert_close(dbm.biases[l], (dbm.rbms[l - 1].hidden_bias + dbm.rbms[l].visible_bias) / 2)
+    for i in (1, 2):  # a shared layer's bias: the mean of its two RBMs' biases
+        torch.testing.assert_close(dbm.biases[i], (dbm.rbms[i - 1].hidden_bias + dbm.rbms[i].visible_bias) / 2)
     assert bool(dbm.composed)
 
 

@@ -204,12 +204,12 @@ def _dbm_exact_log_partition(dbm: DBM, max_units: int) -> float:
     _refuse_above(min(odd_units, even_units), max_units, f"the {'odd' if parity else 'even'} layers")
 
     def log_f(x: Tensor) -> Tensor:
-        states = dict(zip(layers, x.split([sizes[l] for l in layers], dim=1)))
-        return sum(states[l] @ biases[l] for l in layers) + _sum_out(
+        states = dict(zip(layers, x.split([sizes[i] for i in layers], dim=1)))
+        return sum(states[i] @ biases[i] for i in layers) + _sum_out(
             weights, biases, states, range(1 - parity, len(sizes), 2)
         )
 
-    return _logsumexp_over_states(sum(sizes[l] for l in layers), log_f, weights[0].device)
+    return _logsumexp_over_states(sum(sizes[i] for i in layers), log_f, weights[0].device)
 
 
 def _dbm_exact_free_energy(dbm: DBM, v: Tensor, max_units: int, chunk: int = 4096) -> Tensor:
@@ -217,14 +217,14 @@ def _dbm_exact_free_energy(dbm: DBM, v: Tensor, max_units: int, chunk: int = 409
     weights, biases = _dbm_parameters(dbm, torch.float64)
     sizes = dbm.layer_sizes
     odd = range(1, len(sizes), 2)
-    units = sum(sizes[l] for l in odd)
+    units = sum(sizes[i] for i in odd)
     _refuse_above(units, max_units, "the odd layers")
     v = v.double()
     parts = []
     for start in range(0, 1 << units, chunk):
         x = _binary_states(units, start, min(start + chunk, 1 << units), torch.float64, v.device)
-        states = dict(zip(odd, x.split([sizes[l] for l in odd], dim=1)))
-        hidden = sum(states[l] @ biases[l] for l in odd) + _sum_out(weights, biases, states, range(2, len(sizes), 2))
+        states = dict(zip(odd, x.split([sizes[i] for i in odd], dim=1)))
+        hidden = sum(states[i] @ biases[i] for i in odd) + _sum_out(weights, biases, states, range(2, len(sizes), 2))
         parts.append(torch.logsumexp(v @ weights[0] @ states[1].t() + hidden, dim=1))
     return -(v @ biases[0] + torch.logsumexp(torch.stack(parts, 1), 1))
 
@@ -240,7 +240,7 @@ class DBMAnnealingPath:
         self.even = range(0, len(self.biases), 2)
 
     def initial_state(self, num_chains: int) -> dict[int, Tensor]:
-        return {l: sample_bernoulli(torch.sigmoid(self.base[l]).expand(num_chains, -1)) for l in self.odd}
+        return {i: sample_bernoulli(torch.sigmoid(self.base[i]).expand(num_chains, -1)) for i in self.odd}
 
     def log_base_partition(self) -> float:
         return float(sum(F.softplus(b.double()).sum() for b in self.base))
@@ -250,7 +250,7 @@ class DBMAnnealingPath:
 
     def step(self, odd: dict[int, Tensor], beta_from: float, beta_to: float) -> tuple[Tensor, dict[int, Tensor]]:
         # log f_beta(x_odd) = sum_odd ((1-beta) b_A + beta b)^T x + sum_even softplus((1-beta) b_A + beta (b + input))
-        log_ratio = (beta_to - beta_from) * sum((odd[l] @ (self.biases[l] - self.base[l])).double() for l in self.odd)
+        log_ratio = (beta_to - beta_from) * sum((odd[i] @ (self.biases[i] - self.base[i])).double() for i in self.odd)
         even = {}
         for layer in self.even:
             x = _neighbour_input(self.weights, odd, layer)
@@ -260,12 +260,10 @@ class DBMAnnealingPath:
             before = F.softplus((1 - beta_from) * base + beta_from * (bias + x64))
             log_ratio = log_ratio + (after - before).sum(1)
             even[layer] = sample_bernoulli(torch.sigmoid(self._bias(layer, beta_to) + beta_to * x))
-        new_odd = {
-            l: sample_bernoulli(
-                torch.sigmoid(self._bias(l, beta_to) + beta_to * _neighbour_input(self.weights, even, l))
-            )
-            for l in self.odd
-        }
+        new_odd = {}
+        for layer in self.odd:
+            x = _neighbour_input(self.weights, even, layer)
+            new_odd[layer] = sample_bernoulli(torch.sigmoid(self._bias(layer, beta_to) + beta_to * x))
         return log_ratio, new_odd
 
 
@@ -276,7 +274,7 @@ def _dbn_exact_log_likelihood(dbn: DBN, v: Tensor, max_units: int, chunk: int = 
     top = dbn.top
     if depth == 1:
         return -top.free_energy(v.to(top.W)).double() - exact_log_partition(top, max_units)
-    rbms = [dbn.rbms[l] for l in range(depth - 1)]
+    rbms = [dbn.rbms[i] for i in range(depth - 1)]
     sizes = dbn.layer_sizes[1:depth]
     units = sum(sizes)
     _refuse_above(units, max_units, "the DBN's intermediate layers")

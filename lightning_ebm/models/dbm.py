@@ -55,7 +55,7 @@ def pretraining_scales(num_rbms: int) -> list[tuple[float, float]]:
     """``(bottom_up, top_down)`` weight multipliers of each pretraining RBM (Salakhutdinov & Hinton 2009)."""
     if num_rbms == 1:
         return [(1.0, 1.0)]
-    return [(2.0 if l < num_rbms - 1 else 1.0, 2.0 if l > 0 else 1.0) for l in range(num_rbms)]
+    return [(2.0 if i < num_rbms - 1 else 1.0, 2.0 if i > 0 else 1.0) for i in range(num_rbms)]
 
 
 class DBM(GreedyRBMStack):
@@ -262,9 +262,9 @@ class DBM(GreedyRBMStack):
         loss = torch.zeros((), device=data[0].device, dtype=data[0].dtype)
         with torch.no_grad():
             grads_W = [
-                model[l].t() @ model[l + 1] / m - data[l].t() @ data[l + 1] / n for l in range(len(self.weights))
+                model[i].t() @ model[i + 1] / m - data[i].t() @ data[i + 1] / n for i in range(len(self.weights))
             ]
-            grads_b = [model[l].mean(0) - data[l].mean(0) for l in range(self.num_layers)]
+            grads_b = [model[i].mean(0) - data[i].mean(0) for i in range(self.num_layers)]
         for W, g in zip(self.weights, grads_W):
             loss = loss + (W * g).sum()
         for b, g in zip(self.biases, grads_b):
