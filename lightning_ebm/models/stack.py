@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -26,6 +27,22 @@ from torch import Tensor, nn
 
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.rbm import RBM
+
+
+@contextmanager
+def _own_hyperparameters() -> Iterator[None]:
+    """While LightningCLI builds a model, every ``save_hyperparameters`` call receives that model's
+    config; the stack's RBMs, built inside it, must record their own arguments."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without the mechanism
+        yield
+        return
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
 
 
 class GreedyRBMStack(EnergyBasedModel):
@@ -76,7 +93,13 @@ class GreedyRBMStack(EnergyBasedModel):
         self.layer_sizes = sizes
         self.layer_epochs = [int(e) for e in layer_epochs]
         #: ``rbms[l]`` models layers ``l`` and ``l + 1``.
-        self.rbms = nn.ModuleList(
+        with _own_hyperparameters():
+            self.rbms = self._build_rbms(sizes, options, scales)
+
+    def _build_rbms(
+        self, sizes: list[int], options: dict[str, Any], scales: list[tuple[float, float]]
+    ) -> nn.ModuleList:
+        return nn.ModuleList(
             RBM(
                 n_in,
                 n_out,
