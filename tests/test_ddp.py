@@ -80,3 +80,41 @@ def test_rbm_pcd_keeps_per_rank_chains_through_a_ddp_checkpoint(tmp_path: Path) 
     fit(2, "--ckpt_path", str(ckpt))
     resumed = [json.loads((tmp_path / "digest2" / f"chains{r}.json").read_text()) for r in range(2)]
     assert [r["start"] for r in resumed] == [c["end"] for c in chains]  # each rank continues its own chains
+
+
+def test_deep_boltzmann_machines_train_under_two_process_ddp(tmp_path: Path) -> None:
+    """dbn_mnist.yaml and dbm_mnist.yaml (narrowed) through every phase on 2 processes: identical
+    parameters on both ranks; the DBM's fantasy particles per rank, all in the checkpoint."""
+    fake_mnist(tmp_path / "data", n_train=1200, n_test=200)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env["OMP_NUM_THREADS"] = "1"
+    for name, sizes, epochs in (("dbn_mnist", "[784, 30, 20]", "[1, 1]"), ("dbm_mnist", "[784, 30, 20]", "[1, 1]")):
+        cmd = [
+            sys.executable, "-m", "lightning_ebm", "fit", "--config", name,
+            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+            "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.callbacks", "[]",
+            "--checkpoint.every_n_epochs", "1",
+            "--model.init_args.layer_sizes", sizes, "--model.init_args.layer_epochs", epochs,
+            "--model.init_args.rbm", '{"method": "pcd", "num_chains": 5}',
+            "--data.data_dir", str(tmp_path / "data"), "--data.download", "false", "--data.val_size", "200",
+            "--trainer.callbacks+=helpers.callbacks.ParameterDigest",
+            "--trainer.callbacks.dirpath", str(tmp_path / name),
+            "--trainer.callbacks+=helpers.callbacks.ChainDigest",
+            "--trainer.callbacks.dirpath", str(tmp_path / name),
+        ]  # fmt: skip
+        if name == "dbm_mnist":
+            cmd += ["--model.init_args.num_chains", "7", "--model.init_args.eval_mean_field_steps", "5"]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        params = [json.loads((tmp_path / name / f"rank{r}.json").read_text()) for r in range(2)]
+        assert params[0] == params[1]
+        state = torch.load(tmp_path / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        state = state["per_rank_state"]
+        assert state["rbms.0.persistent_chains"].shape == (2, 5, 784)  # every rank's pretraining chains
+        assert not torch.equal(state["rbms.1.persistent_chains"][0], state["rbms.1.persistent_chains"][1])
+        if name == "dbm_mnist":
+            chains = [json.loads((tmp_path / name / f"chains{r}.json").read_text()) for r in range(2)]
+            assert chains[0]["end"] != chains[1]["end"]
+            assert state["persistent_chains"].shape == (2, 7, 784 + 30 + 20)
