@@ -179,3 +179,17 @@ def test_sample_shapes() -> None:
     samples = dbn.sample(4, num_steps=3)
     assert samples.shape == (4, 1, 3, 4) and ((samples > 0) & (samples < 1)).all()
     assert dbn.energy(torch.zeros(2, 1, 3, 4)).shape == (2,)
+
+
+def test_resuming_a_finished_dbn_with_more_epochs_does_nothing(tmp_path) -> None:
+    L.seed_everything(0)
+    dbn = DBN([9, 6, 5], layer_epochs=[1, 1], rbm=dict(num_filters=0))
+    data = TensorData(BARS_AND_STRIPES.repeat(4, 1), batch_size=16)
+    t = trainer(2, default_root_dir=tmp_path)
+    t.fit(dbn, datamodule=data)
+    t.save_checkpoint(tmp_path / "done.ckpt")
+    weights = [rbm.W.detach().clone() for rbm in dbn.rbms]
+    with pytest.warns(UserWarning, match="already trained"):
+        trainer(5, default_root_dir=tmp_path).fit(dbn, datamodule=data, ckpt_path=tmp_path / "done.ckpt")
+    for rbm, w in zip(dbn.rbms, weights):
+        torch.testing.assert_close(rbm.W, w)

@@ -185,7 +185,6 @@ class GreedyRBMStack(EnergyBasedModel):
 
     def after_pretraining_step(self, x: Tensor, batch_idx: int) -> None:
         """A step after greedy training (a DBM's joint training); the stack alone has none."""
-        raise RuntimeError("every layer is trained; the run should have stopped")
 
     @property
     def has_later_phase(self) -> bool:
@@ -209,6 +208,9 @@ class GreedyRBMStack(EnergyBasedModel):
             )
 
     def on_train_start(self) -> None:
+        if not self.has_later_phase and self.current_layer is None:  # e.g. resumed after the last layer
+            warnings.warn("every layer of the stack is already trained: nothing to do", stacklevel=2)
+            self.trainer.should_stop = True
         first = self.rbms[0]
         if self.global_step == 0 and first.hparams.init_visible_bias and self.layer_epochs[0] > 0:
             first.init_visible_bias_from(self.trainer)
