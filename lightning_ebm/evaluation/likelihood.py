@@ -273,7 +273,7 @@ def _dbn_exact_log_likelihood(dbn: DBN, v: Tensor, max_units: int, chunk: int = 
     depth = int(dbn.depth)
     top = dbn.top
     if depth == 1:
-        return -top.free_energy(v.to(top.W)).double() - exact_log_partition(top, max_units)
+        return exact_log_likelihood(top, v, max_units)
     rbms = [dbn.rbms[i] for i in range(depth - 1)]
     sizes = dbn.layer_sizes[1:depth]
     units = sum(sizes)

@@ -301,9 +301,7 @@ class DBM(GreedyRBMStack):
         max_epochs = self.trainer.max_epochs
         if self.hparams.lr_decay == "none" or max_epochs is None or max_epochs < 0:
             return 1.0
-        per_epoch = max(1, int(self.trainer.num_training_batches))
-        total = max(1, (max_epochs - self.pretraining_epochs) * per_epoch)
-        return max(0.0, 1 - (epoch * per_epoch + batch_idx) / total)
+        return self.linear_decay(epoch, batch_idx, max_epochs - self.pretraining_epochs)
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int) -> None:

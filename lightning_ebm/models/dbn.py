@@ -111,9 +111,7 @@ class DBN(GreedyRBMStack):
             states.append(sample_bernoulli(torch.sigmoid(logits)))
         log_p = -self.top.free_energy(states[-1])
         for layer in range(depth - 1):  # log p(x_l | x_{l+1}), the top-down weights
-            rbm = self.rbms[layer]
-            logits = torch.addmm(rbm.visible_bias, states[layer + 1], rbm.W.t())
-            log_p += bernoulli_log_prob(states[layer], logits)
+            log_p += bernoulli_log_prob(states[layer], self.rbms[layer].visible_input(states[layer + 1]))
         return -(log_p + entropy).view(s, -1).mean(0)
 
     # ------------------------------------------------------------------ the contract

@@ -173,9 +173,13 @@ class RBM(EnergyBasedModel):
         """``p(h = 1 | v)``."""
         return torch.sigmoid(self.hidden_input(v))
 
+    def visible_input(self, h: Tensor) -> Tensor:
+        """Total input of the visible units, ``b + W h``."""
+        return torch.addmm(self.visible_bias, h, self.W.t(), alpha=self.hparams.top_down_scale)
+
     def visible_mean(self, h: Tensor) -> Tensor:
         """``E[v | h]``: ``sigmoid(b + W h)`` or ``b + W h``."""
-        pre = torch.addmm(self.visible_bias, h, self.W.t(), alpha=self.hparams.top_down_scale)
+        pre = self.visible_input(h)
         return pre if self.gaussian else torch.sigmoid(pre)
 
     def sample_hidden(self, v: Tensor) -> Tensor:

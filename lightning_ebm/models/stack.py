@@ -165,10 +165,8 @@ class GreedyRBMStack(EnergyBasedModel):
         epoch = self.current_epoch - self.layer_start(layer)
         rbm.set_momentum(optimizer, epoch)
         if rbm.hparams.lr_decay == "linear":
-            per_epoch = max(1, int(self.trainer.num_training_batches))
-            total = max(1, self.layer_epochs[layer] * per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = rbm.hparams.lr * max(0.0, 1 - (epoch * per_epoch + batch_idx) / total)
+                group["lr"] = rbm.hparams.lr * self.linear_decay(epoch, batch_idx, self.layer_epochs[layer])
         with torch.no_grad():
             v_data = self.up_pass(x, layer)
             v_model = rbm.negative_phase(v_data)
@@ -182,6 +180,11 @@ class GreedyRBMStack(EnergyBasedModel):
                 metrics["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
             self.log_train_metrics({f"layer{layer}/{k}": v for k, v in metrics.items()})
             self.log("train/layer", float(layer), on_step=True, on_epoch=False, prog_bar=True)
+
+    def linear_decay(self, epoch: int, batch_idx: int, epochs: int) -> float:
+        """``1 - t / T`` for update ``t`` (batch ``batch_idx`` of ``epoch``) of a phase of ``epochs`` epochs."""
+        per_epoch = max(1, int(self.trainer.num_training_batches))
+        return max(0.0, 1 - (epoch * per_epoch + batch_idx) / max(1, epochs * per_epoch))
 
     def after_pretraining_step(self, x: Tensor, batch_idx: int) -> None:
         """A step after greedy training (a DBM's joint training); the stack alone has none."""
