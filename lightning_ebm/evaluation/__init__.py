@@ -1,6 +1,12 @@
 """Evaluation of trained models; uses only the ``energy`` / ``sample`` contract, plus the exact and
 AIS partition functions of the Boltzmann machines."""
 
+from lightning_ebm.evaluation.anomaly import (
+    anomaly_metrics,
+    anomaly_scores,
+    threshold_free_metrics,
+    top_fraction_metrics,
+)
 from lightning_ebm.evaluation.likelihood import (
     base_rate_bias,
     estimate_log_partition,
@@ -11,6 +17,10 @@ from lightning_ebm.evaluation.likelihood import (
 from lightning_ebm.evaluation.modes import mode_metrics
 
 __all__ = [
+    "anomaly_metrics",
+    "anomaly_scores",
+    "threshold_free_metrics",
+    "top_fraction_metrics",
     "base_rate_bias",
     "estimate_log_partition",
     "exact_log_likelihood",

@@ -4,7 +4,8 @@ from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.dbm import DBM
 from lightning_ebm.models.dbn import DBN
 from lightning_ebm.models.dem import DEM
+from lightning_ebm.models.meg import MEG
 from lightning_ebm.models.rbm import RBM
 from lightning_ebm.models.stack import GreedyRBMStack
 
-__all__ = ["DBM", "DBN", "DEM", "RBM", "EnergyBasedModel", "GreedyRBMStack"]
+__all__ = ["DBM", "DBN", "DEM", "RBM", "MEG", "EnergyBasedModel", "GreedyRBMStack"]

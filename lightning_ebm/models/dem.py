@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.models.objectives import score_penalty
 from lightning_ebm.nn.energy import ProductOfExpertsEnergy
 from lightning_ebm.nn.entropy import batchnorm_entropy
 
@@ -138,8 +139,7 @@ class DEM(EnergyBasedModel):
         loss = energy_data - energy_fake
         logs = {"energy_data": energy_data.detach(), "energy_samples": energy_fake.detach()}
         if penalty_weight > 0:
-            (grad,) = torch.autograd.grad(energies.sum(), x, create_graph=True)
-            penalty = grad.flatten(1).pow(2).sum(1).mean()
+            penalty = score_penalty(energies, x)
             loss = loss + penalty_weight * penalty
             logs["gradient_penalty"] = penalty.detach()
         return loss, logs

@@ -1,18 +1,23 @@
 """Networks shared by the methods: plain ``nn.Module``s that know nothing about training."""
 
 from lightning_ebm.nn.base import Network, module_spec
+from lightning_ebm.nn.conv import ConvEnergy, ConvGenerator, ConvStatistics
 from lightning_ebm.nn.dcgan import DCGANFeatureNet, DCGANGenerator
 from lightning_ebm.nn.energy import ProductOfExpertsEnergy
 from lightning_ebm.nn.entropy import batchnorm_entropy, batchnorm_scales
-from lightning_ebm.nn.mlp import MLP, GaussianNoise, make_activation
+from lightning_ebm.nn.mlp import MLP, GaussianNoise, StatisticsMLP, make_activation
 
 __all__ = [
     "MLP",
+    "ConvEnergy",
+    "ConvGenerator",
+    "ConvStatistics",
     "DCGANFeatureNet",
     "DCGANGenerator",
     "GaussianNoise",
     "Network",
     "ProductOfExpertsEnergy",
+    "StatisticsMLP",
     "batchnorm_entropy",
     "batchnorm_scales",
     "make_activation",

@@ -89,3 +89,27 @@ class MLP(Network):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.flatten(1)).view(-1, *self.out_shape)
+
+
+class StatisticsMLP(Network):
+    """MEG's statistics network ``T(x, z)`` for vectors: an MLP on the concatenation ``[x, z]``.
+
+    Args:
+        data_features: size of a flattened example (2 for toys, 121 for KDD99).
+        latent_dim: size of ``z``.
+        hidden: hidden widths (toys: three of 512; KDD99: 256, 128, 128).
+        activation: hidden activation (LeakyReLU(0.2) in the paper's code).
+    """
+
+    def __init__(self, data_features: int, latent_dim: int, hidden: list[int], activation: str = "leaky_relu") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = data_features + latent_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), make_activation(activation)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.net(torch.cat([x.flatten(1), z], dim=1)).squeeze(-1)

@@ -22,8 +22,9 @@ EnergyFn = Callable[[Tensor], Tensor]
 
 
 def _energy_and_grad(energy: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+    # Lightning validates under ``inference_mode``; gradients need it off and a normal copy of ``x``.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
         e = energy(x)
         (grad,) = torch.autograd.grad(e.sum(), x)
     return e.detach(), grad.detach()
