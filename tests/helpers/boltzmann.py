@@ -31,7 +31,9 @@ BARS_AND_STRIPES = torch.tensor(
 
 
 class TensorData(L.LightningDataModule):
-    def __init__(self, data: torch.Tensor, batch_size: int, val_data: torch.Tensor | None = None) -> None:
+    """In-memory tensors; ``val_data`` may be a tuple ``(x, y)`` for labelled validation batches."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int, val_data: torch.Tensor | tuple | None = None) -> None:
         super().__init__()
         self.train_data = data
         self.val_data = val_data
@@ -42,6 +44,8 @@ class TensorData(L.LightningDataModule):
 
     def val_dataloader(self):
         data = self.val_data if self.val_data is not None else self.train_data
+        if isinstance(data, tuple):
+            data = torch.utils.data.TensorDataset(*data)
         return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
 
 

@@ -1,0 +1,102 @@
+"""MEG's KDD99 row (Kumar et al. 2019, Table 3) over several seeds, through the shipped config.
+
+For each seed: ``fit`` of ``meg_kdd99.yaml`` with the published protocol (``val_fraction 0``: all
+attack rows of the training half), then the anomaly metrics on the test half, with the gradient-norm
+score (the paper's) and the energy score. Prints each seed, then mean +- std, and the training time
+per epoch (the authors' script took 12.2 s per epoch on a 2-core CPU like this one; REFERENCE.md).
+
+Example::
+
+    python benchmarks/meg_kdd99.py --data-dir ../shared/data/kddcup99 --seeds 0 1 2 3 4 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import lightning as L
+import torch
+
+from lightning_ebm.callbacks import AnomalyDetection
+from lightning_ebm.cli import EBMCLI, resolve_config_args
+
+PUBLISHED = {"precision": 0.9307, "recall": 0.9472, "f1": 0.9389}
+
+
+class EpochTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.times.append(time.perf_counter() - self.start)
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
+    root = tempfile.mkdtemp(prefix="lightning_ebm_kdd_")
+    argv = ["--config", args.config, "--seed_everything", str(seed), "--data.seed", str(seed),
+            "--data.data_dir", args.data_dir, "--data.val_fraction", "0",
+            "--trainer.max_epochs", str(args.epochs), "--trainer.default_root_dir", root,
+            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+            "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0", "--checkpoint.monitor", "null",
+            "--trainer.precision", args.precision]  # fmt: skip
+    cli = EBMCLI(args=resolve_config_args(argv), run=False)
+    timer = EpochTimer()
+    cli.trainer.callbacks.append(timer)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    fit_time = time.perf_counter() - start
+    detector = next(c for c in cli.trainer.callbacks if isinstance(c, AnomalyDetection))
+    cli.trainer.test(cli.model, cli.datamodule, verbose=False)
+    result = {k.removeprefix("test/anomaly/"): v for k, v in detector.last.items()}
+    result.update(seed=seed, fit_seconds=fit_time, seconds_per_epoch=statistics.median(timer.times))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="meg_kdd99")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=55)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = []
+    for seed in args.seeds:
+        runs.append(run_seed(args, seed))
+        r = runs[-1]
+        print(
+            f"seed {seed}: gradient-norm P {r['gradient_norm/precision']:.4f} R {r['gradient_norm/recall']:.4f} "
+            f"F1 {r['gradient_norm/f1']:.4f} | energy F1 {r['energy/f1']:.4f} | "
+            f"{r['seconds_per_epoch']:.1f} s/epoch",
+            flush=True,
+        )
+    summary = {}
+    for key in sorted(k for k in runs[0] if "/" in k):
+        values = [r[key] for r in runs]
+        summary[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    summary["seconds_per_epoch"] = statistics.mean(r["seconds_per_epoch"] for r in runs)
+    print("\nmean +- std over seeds", args.seeds)
+    for metric in ("precision", "recall", "f1", "auprc", "auroc"):
+        for score in ("gradient_norm", "energy"):
+            s = summary[f"{score}/{metric}"]
+            ref = f"   (paper {PUBLISHED[metric]:.4f})" if score == "gradient_norm" and metric in PUBLISHED else ""
+            print(f"  {score:13s} {metric:9s} {s['mean']:.4f} +- {s['std']:.4f}{ref}")
+    print(f"  training: {summary['seconds_per_epoch']:.1f} s per epoch, {torch.get_num_threads()} threads")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"runs": runs, "summary": summary, "threads": torch.get_num_threads()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Anomaly scores and metrics against hand-computed values and scikit-learn; the callback end to end."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from helpers.boltzmann import TensorData
+from torch import Tensor
+
+from lightning_ebm.callbacks import AnomalyDetection
+from lightning_ebm.errors import UserError
+from lightning_ebm.evaluation import anomaly_metrics, anomaly_scores, threshold_free_metrics, top_fraction_metrics
+from lightning_ebm.models import EnergyBasedModel
+
+
+def test_top_fraction_metrics_by_hand() -> None:
+    # 10 examples, 3 anomalies; the 20 % flagged are the two highest scores: one anomaly, one not
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.95, 0.9])
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 0, 1, 0])
+    m = top_fraction_metrics(scores, labels, ratio=0.2)
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(1 / 3)
+    assert m["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+
+
+def test_metrics_agree_with_scikit_learn() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    labels = (rng.random(2000) < 0.2).astype(int)
+    scores = rng.normal(size=2000) + 1.5 * labels
+    ours = anomaly_metrics(torch.tensor(scores), torch.tensor(labels), ratio=0.2)
+    # the authors' evaluation: flag scores >= the 80th percentile
+    flagged = (scores >= np.percentile(scores, 80)).astype(int)
+    p, r, f1, _ = metrics.precision_recall_fscore_support(labels, flagged, average="binary")
+    assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx((p, r, f1))
+    assert ours["auprc"] == pytest.approx(metrics.average_precision_score(labels, scores), abs=1e-6)
+    assert ours["auroc"] == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-6)
+
+
+def test_perfect_and_single_class_cases() -> None:
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    perfect = threshold_free_metrics(torch.tensor([0.0, 0.1, 0.2, 0.8, 0.9]), labels)
+    assert perfect == {"auprc": pytest.approx(1.0), "auroc": pytest.approx(1.0)}
+    assert all(math.isnan(v) for v in threshold_free_metrics(torch.rand(4), torch.zeros(4)).values())
+
+
+def test_scores_of_a_quadratic_energy() -> None:
+    def energy(x: Tensor) -> Tensor:
+        return 0.5 * x.flatten(1).pow(2).sum(1) * 3.0
+
+    x = torch.randn(6, 2, 2)
+    torch.testing.assert_close(anomaly_scores(energy, x, "gradient_norm"), 9.0 * x.flatten(1).pow(2).sum(1))
+    torch.testing.assert_close(anomaly_scores(energy, x, "energy"), energy(x))
+    with pytest.raises(ValueError, match="unknown anomaly score"):
+        anomaly_scores(energy, x, "likelihood")
+
+
+class GaussianEnergy(EnergyBasedModel):
+    """A fixed standard Gaussian: anomalies far from the origin have high energy and gradient."""
+
+    def __init__(self) -> None:
+        super().__init__((2,))
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def energy(self, x: Tensor) -> Tensor:
+        return 0.5 * x.pow(2).sum(1) + 0 * self.dummy
+
+    def sample(self, num_samples: int) -> Tensor:
+        return torch.randn(num_samples, 2)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self.energy(self.batch_data(batch)).mean()
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_callback_logs_every_metric_of_every_score(tmp_path) -> None:
+    torch.manual_seed(0)
+    normal, anomalies = torch.randn(400, 2) * 0.5, torch.randn(100, 2) * 0.5 + 6.0
+    x = torch.cat([normal, anomalies])
+    y = torch.cat([torch.zeros(400), torch.ones(100)]).long()
+    perm = torch.randperm(500)
+    dm = TensorData(normal, batch_size=50, val_data=(x[perm], y[perm]))
+    callback = AnomalyDetection(ratio=0.2)
+    trainer = L.Trainer(
+        max_epochs=1, default_root_dir=tmp_path, callbacks=[callback], enable_progress_bar=False, logger=False
+    )
+    trainer.fit(GaussianEnergy(), dm)
+    for score in ("gradient_norm", "energy"):
+        for metric in ("precision", "recall", "f1", "auprc", "auroc"):
+            assert callback.last[f"val/anomaly/{score}/{metric}"] == pytest.approx(1.0)
+            assert trainer.callback_metrics[f"val/anomaly/{score}/{metric}"] == pytest.approx(1.0)
+    assert list((tmp_path / "plots").glob("val_anomaly_scores_*.png"))  # histograms at the last epoch
+
+
+def test_callback_needs_labels_and_valid_arguments(tmp_path) -> None:
+    with pytest.raises(UserError, match="unknown anomaly score"):
+        AnomalyDetection(scores=["likelihood"])
+    with pytest.raises(UserError, match="ratio"):
+        AnomalyDetection(ratio=1.5)
+    dm = TensorData(torch.randn(100, 2), batch_size=50, val_data=torch.randn(100, 2))
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[AnomalyDetection()], logger=False)
+    with pytest.raises(UserError, match="labelled batches"):
+        trainer.fit(GaussianEnergy(), dm)
