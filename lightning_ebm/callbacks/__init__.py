@@ -1,8 +1,9 @@
 """Callbacks. They use only the model contract (``energy``, ``sample``), never a method's internals."""
 
 from lightning_ebm.callbacks.energy_landscape import EnergyLandscape, density_grid
+from lightning_ebm.callbacks.image_quality import ImageQuality
 from lightning_ebm.callbacks.likelihood import AISLogLikelihood
 from lightning_ebm.callbacks.sample_grid import SampleGrid
 from lightning_ebm.callbacks.toy_metrics import ToyModeMetrics
 
-__all__ = ["AISLogLikelihood", "EnergyLandscape", "SampleGrid", "ToyModeMetrics", "density_grid"]
+__all__ = ["AISLogLikelihood", "EnergyLandscape", "ImageQuality", "SampleGrid", "ToyModeMetrics", "density_grid"]
