@@ -174,3 +174,28 @@ def test_two_process_ddp_logs_rank_zeros_result_on_both_ranks(tmp_path: Path) ->
     expected = callback.evaluate(trainer_with(dm), model)
     assert ranks[0]["val/fid"] == pytest.approx(expected["fid"], rel=1e-5)
     assert ranks[0]["val/inception_score"] == pytest.approx(expected["inception_score"], rel=1e-5)
+
+
+def test_the_inception_network_runs_with_a_weights_file(cifar: CIFAR10DataModule, tmp_path: Path) -> None:
+    """torchmetrics' Inception (random weights in torch-fidelity's file format): 2,048 features and 1,008
+    logits per image, the original resize (no antialiasing) by default, and a finite FID and IS."""
+    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    torch.save({}, tmp_path / "empty.pt")
+    original = fidelity.FeatureExtractorInceptionV3.load_state_dict
+    fidelity.FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None
+    try:
+        net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(tmp_path / "empty.pt"))
+    finally:
+        fidelity.FeatureExtractorInceptionV3.load_state_dict = original
+    weights = tmp_path / INCEPTION_FILE
+    torch.save(net.state_dict(), weights)
+    callback = ImageQuality(
+        num_samples=4, reference="val", num_reference=4, inception_weights=str(weights), cache_dir=None,
+        batch_size=4, splits=1,
+    )  # fmt: skip
+    callback.setup(None, None, "fit")
+    features, logits = callback.features(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert features.shape == (2, 2048) and logits.shape == (2, 1008)
+    assert callback.feature_extractor.net.use_antialias is False
+    results = callback.evaluate(trainer_with(cifar), ShiftedImages(cifar.val_data, 0.3))
+    assert math.isfinite(results["fid"]) and results["inception_score"] >= 1.0

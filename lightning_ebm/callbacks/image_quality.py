@@ -98,7 +98,7 @@ def module_identity(module: nn.Module) -> str:
     digest = hashlib.sha1()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     kind = getattr(module, "identity", None) or f"{type(module).__module__}.{type(module).__qualname__}"
     return f"{kind}/{digest.hexdigest()[:16]}"
 
