@@ -2,8 +2,17 @@
 
 from lightning_ebm.callbacks.anomaly import AnomalyDetection
 from lightning_ebm.callbacks.energy_landscape import EnergyLandscape, density_grid
+from lightning_ebm.callbacks.image_quality import ImageQuality
 from lightning_ebm.callbacks.likelihood import AISLogLikelihood
 from lightning_ebm.callbacks.sample_grid import SampleGrid
 from lightning_ebm.callbacks.toy_metrics import ToyModeMetrics
 
-__all__ = ["AISLogLikelihood", "AnomalyDetection", "EnergyLandscape", "SampleGrid", "ToyModeMetrics", "density_grid"]
+__all__ = [
+    "AISLogLikelihood",
+    "AnomalyDetection",
+    "EnergyLandscape",
+    "ImageQuality",
+    "SampleGrid",
+    "ToyModeMetrics",
+    "density_grid",
+]
