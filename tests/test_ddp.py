@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import torch
-from helpers.data import fake_mnist
+from helpers.data import fake_mnist, kdd_lines, write_kdd
 
-from lightning_ebm.models import DEM
+from lightning_ebm.models import DEM, MEG
 
 TESTS = Path(__file__).resolve().parent
 
@@ -118,3 +118,36 @@ def test_deep_boltzmann_machines_train_under_two_process_ddp(tmp_path: Path) -> 
             chains = [json.loads((tmp_path / name / f"chains{r}.json").read_text()) for r in range(2)]
             assert chains[0]["end"] != chains[1]["end"]
             assert state["persistent_chains"].shape == (2, 7, 784 + 30 + 20)
+
+
+def test_meg_trains_under_two_process_ddp_and_scores_the_whole_split(tmp_path: Path) -> None:
+    """meg_kdd99.yaml on 2 processes: the gradient penalty's double backward and the statistics
+    network's update are averaged (identical parameters on both ranks), and the anomaly metrics are
+    those of the whole validation split (every rank's scores gathered), so both ranks log the same."""
+    write_kdd(tmp_path / "data", kdd_lines(2400))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [
+        sys.executable, "-m", "lightning_ebm", "fit", "--config", "meg_kdd99",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.data_dir", str(tmp_path / "data"),
+        "--data.batch_size", "64", "--data.eval_batch_size", "50", "--model.init_args.data_shape", "[51]",
+        "--model.init_args.energy_net.init_args.in_features", "51",
+        "--model.init_args.generator.init_args.out_features", "51",
+        "--model.init_args.statistics_net.init_args.data_features", "51",
+        "--trainer.callbacks+=helpers.callbacks.ParameterDigest",
+        "--trainer.callbacks.dirpath", str(tmp_path / "digest"),
+        "--trainer.callbacks+=helpers.callbacks.MetricsDigest",
+        "--trainer.callbacks.dirpath", str(tmp_path / "digest"),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    params = [json.loads((tmp_path / "digest" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert params[0]["_world_size"] == 2 and params[0] == params[1]
+    metrics = [json.loads((tmp_path / "digest" / f"metrics{r}.json").read_text()) for r in range(2)]
+    assert metrics[0] == metrics[1] and "val/anomaly/gradient_norm/f1" in metrics[0]
+    ckpt = tmp_path / "meg_kdd99" / "version_0" / "checkpoints" / "last.ckpt"
+    model = MEG.load_from_checkpoint(ckpt)
+    assert model.energy_updates == 6
+    assert model.sample(3).shape == (3, 51)

@@ -3,45 +3,16 @@
 
 from __future__ import annotations
 
-import gzip
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers.data import SHARED_DATA
+from helpers.data import SHARED_DATA, kdd_lines, write_kdd
 
 from lightning_ebm.datamodules import KDD99DataModule
 from lightning_ebm.datamodules.kdd99 import NUMERIC
 from lightning_ebm.errors import UserError
-
-PROTOCOLS, SERVICES, FLAGS = ("tcp", "udp", "icmp"), ("http", "smtp", "ftp", "ecr_i"), ("SF", "S0", "REJ")
-ATTACKS = ("smurf.", "neptune.", "back.")
-
-
-def kdd_lines(n: int, seed: int = 0, normal_share: float = 0.2) -> list[str]:
-    """``n`` connections in the file's format: 41 comma-separated features, then the label with a dot."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for _ in range(n):
-        fields = [str(int(rng.integers(0, 1000))) for _ in range(41)]
-        fields[1], fields[2], fields[3] = rng.choice(PROTOCOLS), rng.choice(SERVICES), rng.choice(FLAGS)
-        for i in (6, 11, 21):
-            fields[i] = str(int(rng.integers(0, 2)))
-        fields[20] = "0"
-        fields[24] = f"{rng.random():.2f}"  # a rate column
-        label = "normal." if rng.random() < normal_share else str(rng.choice(ATTACKS))
-        lines.append(",".join(fields + [label]))
-    return lines
-
-
-def write_kdd(directory: Path, lines: list[str], gz: bool = True) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    text = ("\n".join(lines) + "\n").encode()
-    path = directory / ("kddcup.data_10_percent.gz" if gz else "kddcup.data_10_percent")
-    path.write_bytes(gzip.compress(text) if gz else text)
-    return path
 
 
 @pytest.fixture

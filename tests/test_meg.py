@@ -259,3 +259,15 @@ def test_fit_checkpoint_load_and_resume(tmp_path) -> None:
     x = torch.randn(5, 2)
     torch.testing.assert_close(loaded.energy(x), model.energy(x))
     assert loaded.sample(4).shape == (4, 2)
+
+
+def test_data_of_the_wrong_size_is_a_short_error(tmp_path) -> None:
+    from lightning_ebm.datamodules import Toy2DDataModule
+    from lightning_ebm.errors import UserError
+
+    model = tiny_meg(
+        energy_net=MLP(3, [8], 1), generator=MLP(2, [8], 3), statistics_net=StatisticsMLP(3, 2, [8]), data_shape=(3,)
+    )
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(UserError, match=r"shaped \[2\] but the model's data_shape is \[3\]"):
+        trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=256, batch_size=64))

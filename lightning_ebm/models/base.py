@@ -7,6 +7,7 @@ module defines, never a method's internals, so that any method can be judged by 
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -17,6 +18,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
+from lightning_ebm.errors import UserError
 from lightning_ebm.nn.base import module_spec
 from lightning_ebm.rng import rng_states, seed_for_rank, set_rng_states
 
@@ -178,10 +180,23 @@ class EnergyBasedModel(L.LightningModule, ABC):
     def setup(self, stage: str) -> None:
         """Configure DDP for the method before the strategy wraps the model, and hand each process
         its per-process state from the checkpoint being resumed (the rank is known only now)."""
+        self._check_data_shape()
         strategy = self.trainer.strategy
         if self.ddp_find_unused_parameters and isinstance(strategy, DDPStrategy):
             strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
         self._restore_per_rank_state()
+
+    def _check_data_shape(self) -> None:
+        """A data module whose examples do not hold as many values as the model's is a config mistake:
+        say so before the first batch fails deep inside a network with a shape error."""
+        shape = getattr(self.trainer.datamodule, "data_shape", None)
+        if shape is None or math.prod(shape) == math.prod(self.data_shape):
+            return
+        raise UserError(
+            f"the data module's examples are shaped {list(shape)} but the model's data_shape is "
+            f"{list(self.data_shape)}: set the model's data_shape (and its networks' input and output sizes) "
+            f"to {list(shape)}"
+        )
 
     def _rank_and_world(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)

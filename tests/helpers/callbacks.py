@@ -42,3 +42,19 @@ class ChainDigest(L.Callback):
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"chains{trainer.global_rank}.json"), "w") as f:
             json.dump(self.digest, f)
+
+
+class MetricsDigest(L.Callback):
+    """At the end of fit, each rank writes the ``last`` metrics of every callback that keeps them
+    (AnomalyDetection, ToyModeMetrics, ...) to ``<dirpath>/metrics<R>.json``."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest: dict[str, float] = {}
+        for callback in trainer.callbacks:
+            digest.update(getattr(callback, "last", None) or {})
+        os.makedirs(self.dirpath, exist_ok=True)
+        with open(os.path.join(self.dirpath, f"metrics{trainer.global_rank}.json"), "w") as f:
+            json.dump(digest, f)

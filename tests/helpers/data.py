@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +55,31 @@ def fake_mnist(data_dir: Path, n_train: int = 100, n_test: int = 20, gz: bool = 
         else:
             (raw / name).write_bytes(data)
     return arrays
+
+
+PROTOCOLS, SERVICES, FLAGS = ("tcp", "udp", "icmp"), ("http", "smtp", "ftp", "ecr_i"), ("SF", "S0", "REJ")
+ATTACKS = ("smurf.", "neptune.", "back.")
+
+
+def kdd_lines(n: int, seed: int = 0, normal_share: float = 0.2) -> list[str]:
+    """``n`` connections in the file's format: 41 comma-separated features, then the label with a dot."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n):
+        fields = [str(int(rng.integers(0, 1000))) for _ in range(41)]
+        fields[1], fields[2], fields[3] = rng.choice(PROTOCOLS), rng.choice(SERVICES), rng.choice(FLAGS)
+        for i in (6, 11, 21):
+            fields[i] = str(int(rng.integers(0, 2)))
+        fields[20] = "0"
+        fields[24] = f"{rng.random():.2f}"  # a rate column
+        label = "normal." if rng.random() < normal_share else str(rng.choice(ATTACKS))
+        lines.append(",".join(fields + [label]))
+    return lines
+
+
+def write_kdd(directory: Path, lines: list[str], gz: bool = True) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = ("\n".join(lines) + "\n").encode()
+    path = directory / ("kddcup.data_10_percent.gz" if gz else "kddcup.data_10_percent")
+    path.write_bytes(gzip.compress(text) if gz else text)
+    return path
