@@ -17,9 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_ebm.callbacks.checkpoint import PeriodicMetricCheckpoint
 from lightning_ebm.callbacks.utils import run_dir
 from lightning_ebm.errors import UserError
 from lightning_ebm.models.base import EnergyBasedModel
@@ -91,7 +91,7 @@ class EBMCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PeriodicMetricCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,

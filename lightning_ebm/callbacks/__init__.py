@@ -1,6 +1,7 @@
 """Callbacks. They use only the model contract (``energy``, ``sample``), never a method's internals."""
 
 from lightning_ebm.callbacks.anomaly import AnomalyDetection
+from lightning_ebm.callbacks.checkpoint import PeriodicMetricCheckpoint
 from lightning_ebm.callbacks.energy_landscape import EnergyLandscape, density_grid
 from lightning_ebm.callbacks.image_quality import ImageQuality
 from lightning_ebm.callbacks.likelihood import AISLogLikelihood
@@ -12,6 +13,7 @@ __all__ = [
     "AnomalyDetection",
     "EnergyLandscape",
     "ImageQuality",
+    "PeriodicMetricCheckpoint",
     "SampleGrid",
     "ToyModeMetrics",
     "density_grid",
