@@ -279,8 +279,8 @@ def test_meg_cifar_config_trains_and_keeps_the_best_checkpoint_by_fid(tmp_path: 
     paper's networks (narrowed), FID / IS by the Inception network (random weights in torch-fidelity's
     file format), a best checkpoint chosen by FID although FID is computed only every other epoch."""
     from helpers.image_quality import random_inception_weights
-    from test_image_datamodules import write_cifar10
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_image_datamodules import write_cifar10
 
     from lightning_ebm.cli import main
 
@@ -288,7 +288,8 @@ def test_meg_cifar_config_trains_and_keeps_the_best_checkpoint_by_fid(tmp_path: 
     weights = random_inception_weights(tmp_path)
     narrow = [f"--model.init_args.{net}.init_args.width=16" for net in ("energy_net", "generator", "statistics_net")]
     args = ["fit", "--config", "meg_cifar", "--data.data_dir", str(tmp_path / "data"), "--data.val_size", "8",
-            "--data.batch_size", "8", "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+            "--data.batch_size", "8", "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "1",
+            "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *narrow,
             "--trainer.callbacks.inception_weights", str(weights), "--trainer.callbacks.num_samples", "8",
             "--trainer.callbacks.every_n_epochs", "2", "--trainer.callbacks.reference", "val",
