@@ -2,7 +2,7 @@
 
 from lightning_ebm.callbacks.anomaly import AnomalyDetection
 from lightning_ebm.callbacks.checkpoint import PeriodicMetricCheckpoint
-from lightning_ebm.callbacks.energy_landscape import EnergyLandscape, density_grid
+from lightning_ebm.callbacks.energy_landscape import EnergyLandscape
 from lightning_ebm.callbacks.image_quality import ImageQuality
 from lightning_ebm.callbacks.likelihood import AISLogLikelihood
 from lightning_ebm.callbacks.sample_grid import SampleGrid
@@ -16,5 +16,4 @@ __all__ = [
     "PeriodicMetricCheckpoint",
     "SampleGrid",
     "ToyModeMetrics",
-    "density_grid",
 ]

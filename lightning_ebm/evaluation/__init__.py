@@ -7,6 +7,7 @@ from lightning_ebm.evaluation.anomaly import (
     threshold_free_metrics,
     top_fraction_metrics,
 )
+from lightning_ebm.evaluation.landscape import density_grid, mass_near_modes
 from lightning_ebm.evaluation.likelihood import (
     base_rate_bias,
     estimate_log_partition,
@@ -22,6 +23,8 @@ __all__ = [
     "threshold_free_metrics",
     "top_fraction_metrics",
     "base_rate_bias",
+    "density_grid",
+    "mass_near_modes",
     "estimate_log_partition",
     "exact_log_likelihood",
     "exact_log_partition",
