@@ -217,10 +217,15 @@ class EnergyBasedModel(L.LightningModule, ABC):
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Mean energy of held-out data (``val/energy_data``) and of as many samples (``val/energy_samples``)."""
+        """Mean energy of held-out data (``val/energy_data``) and of as many samples (``val/energy_samples``);
+        for methods whose sampler runs Metropolis-adjusted chains (they set ``last_acceptance_rate``
+        in ``sample``), the chains' acceptance rate (``val/mcmc_acceptance_rate``)."""
         x = self.batch_data(batch)
+        self.last_acceptance_rate = None
         self.log("val/energy_data", self.energy(x).mean(), sync_dist=True)
         self.log("val/energy_samples", self.energy(self.sample(x.shape[0])).mean(), sync_dist=True)
+        if self.last_acceptance_rate is not None:
+            self.log("val/mcmc_acceptance_rate", self.last_acceptance_rate, sync_dist=True)
 
     test_step = validation_step
 
