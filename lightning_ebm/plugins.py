@@ -6,10 +6,11 @@ across processes on every device (CPU too).
   checkpoint leaves the previous one intact. Lightning's own writer stages the file in the system's
   temporary directory and moves it from there, which is a copy (not a rename) whenever the
   checkpoint directory is on another file system (a cluster's shared disk), and does not flush it.
-* :class:`SyncBatchNorm` is :class:`torch.nn.SyncBatchNorm` that also runs on CPU processes (gloo):
-  in training mode under DDP the batch statistics are those of the global batch, with their
-  gradient flowing to every process, so a ``B``-per-process step equals a one-process step on the
-  ``N B`` examples, and the running statistics are the same on every process.
+* :class:`SyncBatchNorm` is a synchronised batch norm that also runs on CPU processes (gloo), which
+  :class:`torch.nn.SyncBatchNorm` refuses: in training mode under DDP the batch statistics are
+  those of the global batch, with their gradient flowing to every process, so a step of ``N``
+  processes with ``B`` examples each equals a one-process step on the ``N B`` examples, and the
+  running statistics are the same on every process.
   :class:`SyncBatchNormPlugin` converts a model's batch norms to it; the command line uses it for
   ``--trainer.sync_batchnorm true`` (Lightning's own conversion refuses CPU tensors).
 """
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
+from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm, _BatchNormXd
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -65,33 +66,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(directory)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """:class:`torch.nn.SyncBatchNorm` whose statistics are also synchronised between CPU processes.
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics are those of every process's batch together.
 
-    On GPUs it is torch's module. On CPU, in training mode with a process group, the mean and the
-    (biased) variance of each channel are those of every process's batch together, computed with two
-    differentiable all-reduces (sum and count, then the centred sum of squares), so the gradient of
-    every process's loss reaches every process's inputs; the running statistics get the unbiased
-    variance of the global batch, as in one process.
+    In training mode with a process group (gloo on CPU, NCCL on GPU) the mean and the biased
+    variance of each channel come from two differentiable all-reduces (sum and count, then the
+    centred sum of squares), so the gradient of every process's loss reaches every process's inputs
+    and a step of ``N`` processes with ``B`` examples each equals one process's step on the ``N B``
+    examples; the running statistics get the unbiased variance of the global batch, the same on every
+    process. Otherwise (evaluation, one process) it is plain batch norm. Unlike
+    :class:`torch.nn.SyncBatchNorm` it runs on CPU, and on any number of dimensions.
     """
 
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (batch, channels, ...), got {input.dim()}D")
+
     def forward(self, input: Tensor) -> Tensor:
-        distributed = self.training and dist.is_available() and dist.is_initialized()
-        if input.device.type != "cpu" or not distributed:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
         self._check_input_dim(input)
         from torch.distributed.nn.functional import all_reduce
 
-        group = self.process_group or dist.group.WORLD
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
         shape = [1, channels] + [1] * (input.dim() - 2)
         local = torch.cat([input.sum(dims), input.new_full((1,), input.numel() / channels)])
-        total = all_reduce(local, group=group)
+        total = all_reduce(local)
         count = total[-1].detach()
         mean = total[:channels] / count
         centred = input - mean.reshape(shape)
-        variance = all_reduce(centred.pow(2).sum(dims), group=group) / count
+        variance = all_reduce(centred.pow(2).sum(dims)) / count
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -105,23 +110,23 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return output
 
     @classmethod
-    def convert(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
-        """``module`` with every batch norm replaced by a :class:`SyncBatchNorm` that shares its
-        parameters and buffers (torch's ``convert_sync_batchnorm``, for this class)."""
+    def convert(cls, module: nn.Module, to: type[_BatchNorm] | None = None) -> nn.Module:
+        """``module`` with every batch norm replaced by this class (or, with ``to``, every one of this
+        class by a ``to``), sharing its parameters and buffers (torch's ``convert_sync_batchnorm``)."""
+        to = to or cls
         output = module
-        if isinstance(module, _BatchNorm) and not isinstance(module, cls):
-            output = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-            output.process_group = process_group
+        replace = not isinstance(module, cls) if to is cls else isinstance(module, cls)
+        if isinstance(module, _BatchNorm) and replace:
+            output = to(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
             if module.affine:
-                with torch.no_grad():
-                    output.weight = module.weight
-                    output.bias = module.bias
+                output.weight = module.weight
+                output.bias = module.bias
             output.running_mean = module.running_mean
             output.running_var = module.running_var
             output.num_batches_tracked = module.num_batches_tracked
             output.training = module.training
         for name, child in module.named_children():
-            output.add_module(name, cls.convert(child, process_group))
+            output.add_module(name, cls.convert(child, to))
         return output
 
 
@@ -132,3 +137,7 @@ class SyncBatchNormPlugin(TorchSyncBatchNorm):
 
     def apply(self, model: nn.Module) -> nn.Module:
         return SyncBatchNorm.convert(model)
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        """Back to plain batch norm (Lightning calls it when DDP tears down)."""
+        return SyncBatchNorm.convert(model, _BatchNormXd)
