@@ -181,7 +181,7 @@ def build(name: str) -> tuple[L.LightningModule, torch.Tensor, list[L.Callback],
     return model, data, callbacks, plugins
 
 
-CASES = ("rbm_cd", "rbm_pcd", "dbn", "dbm", "dem", "dem_nosync", "meg")
+CASES = ("rbm_cd", "rbm_pcd", "rbm_cd_sparsity", "dbn", "dbm", "dem", "dem_nosync", "meg")
 
 
 def run_case(name: str, out_dir: Path, devices: int = 1) -> None:
