@@ -33,6 +33,7 @@ import logging
 import math
 import platform
 import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -125,7 +126,7 @@ def measure(label: str, args: argparse.Namespace) -> dict[str, object]:
     trainer = L.Trainer(
         accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, callbacks=[timer],
+        num_sanity_val_steps=0, callbacks=[timer], default_root_dir=tempfile.mkdtemp(prefix="lightning_ebm_bench_"),
     )  # fmt: skip
     data = Synthetic(name, model.data_shape, batch_size, args.warmup + args.steps)
     with warnings.catch_warnings():
