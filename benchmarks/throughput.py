@@ -33,6 +33,7 @@ import logging
 import math
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -41,7 +42,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_ebm.cli import EBMCLI, resolve_config_args, shipped_configs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
+from lightning_ebm.cli import EBMCLI, resolve_config_args, shipped_configs  # noqa: E402
 
 #: Ranges of the synthetic data per config family; the rest is Gaussian.
 BINARY = ("rbm_", "dbn_", "dbm_")
@@ -178,6 +180,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.accelerator == "gpu" else platform.processor() or "cpu"
     header = {"device": device, "threads": torch.get_num_threads(), "precision": args.precision,
               "compile": args.compile, "torch": torch.__version__, "lightning": L.__version__}  # fmt: skip
+    header["lightning_ebm"] = str(Path(sys.modules["lightning_ebm"].__file__).parent)
     print(json.dumps(header))
     references: dict[str, list[dict[str, float]]] = {}
     if args.reference:
