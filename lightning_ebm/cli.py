@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins import CheckpointIO, LayerSync
 
 from lightning_ebm.callbacks.checkpoint import PeriodicMetricCheckpoint
 from lightning_ebm.callbacks.utils import run_dir
 from lightning_ebm.errors import UserError
 from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.plugins import AtomicCheckpointIO, SyncBatchNormPlugin
 
 #: Directory of the shipped configs (inside the package, also linked as ``configs/`` in the repo).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -109,6 +111,21 @@ class EBMCLI(LightningCLI):
                 "add one, or pass --data CLASS --data.ARG VALUE "
                 "(e.g. --data lightning_ebm.datamodules.Toy2DDataModule --data.name 25gaussians)"
             )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        """The trainer, with atomic checkpoint writes (unless a checkpoint IO is given) and
+        ``sync_batchnorm`` through :class:`~lightning_ebm.plugins.SyncBatchNormPlugin` (CPU too)."""
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        strategy = config.get("strategy", "auto")
+        plain = isinstance(strategy, str) and not any(s in strategy for s in ("fsdp", "deepspeed", "xla"))
+        if plain and not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        if config.get("sync_batchnorm") and not any(isinstance(p, LayerSync) for p in plugins):
+            config["sync_batchnorm"] = False
+            plugins.append(SyncBatchNormPlugin())
+        config["plugins"] = plugins or None
+        return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
         trainer = self.trainer

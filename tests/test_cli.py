@@ -74,10 +74,13 @@ def test_user_mistakes_are_short_errors(args: list[str], expected: str, capsys: 
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
 
 
-def test_missing_subcommand_and_missing_data(capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_subcommand_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["--config", "dem_toy"]) == 2
     assert "first argument must be one of fit, validate, test, predict" in capsys.readouterr().err
-    assert run_cli(["fit", "--config", "dem_mnist"]) == 2
+    config = yaml.safe_load((CONFIG_DIR / "dem_mnist.yaml").read_text())
+    del config["data"]
+    (tmp_path / "no_data.yaml").write_text(yaml.safe_dump(config))
+    assert run_cli(["fit", "--config", str(tmp_path / "no_data.yaml")]) == 2
     assert "no `data:` section" in capsys.readouterr().err
 
 

@@ -146,8 +146,10 @@ def test_pretraining_then_joint_training_learns_bars_and_stripes() -> None:
     assert (bound <= exact + 1e-6).all()
 
 
-def test_resumed_run_matches_the_uninterrupted_one(tmp_path) -> None:
-    """Stopped inside pretraining, resumed: same layer, same parameters, chains and composition."""
+@pytest.mark.parametrize("stop_after", [2, 4])
+def test_resumed_run_matches_the_uninterrupted_one(tmp_path, stop_after: int) -> None:
+    """Stopped inside pretraining (after epoch 2) or inside joint training (after epoch 4), resumed:
+    same layer, same parameters, chains and composition."""
     data = BARS_AND_STRIPES.repeat(8, 1)
 
     def run(ckpt=None, stop_after: int | None = None) -> DBM:
@@ -164,14 +166,16 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path) -> None:
         return dbm
 
     full = run()
-    run(stop_after=2)  # in the second layer's pretraining
+    run(stop_after=stop_after)  # in the second layer's pretraining, or in the joint phase
     resumed = run(ckpt=tmp_path / "stop.ckpt")
     for name, p in full.named_parameters():
         torch.testing.assert_close(resumed.get_parameter(name), p, msg=name)
     torch.testing.assert_close(resumed.persistent_chains, full.persistent_chains)
     torch.testing.assert_close(resumed.rbms[1].persistent_chains, full.rbms[1].persistent_chains)
     restored = DBM.load_from_checkpoint(tmp_path / "stop.ckpt")
-    assert not bool(restored.composed) and restored.rbms[1].persistent_chains.shape == (7, 5)
+    assert bool(restored.composed) == (stop_after > 3) and restored.rbms[1].persistent_chains.shape == (7, 5)
+    if stop_after > 3:  # the joint phase's fantasy particles travel in the checkpoint
+        assert restored.persistent_chains.shape == (11, 9 + 5 + 4)
 
 
 def test_sample_shapes_and_errors() -> None:

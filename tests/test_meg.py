@@ -262,6 +262,36 @@ def test_fit_checkpoint_load_and_resume(tmp_path) -> None:
     assert loaded.sample(4).shape == (4, 2)
 
 
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path) -> None:
+    """Stopped in the middle of an epoch and between two generator updates, then resumed: the three
+    networks, the three Adam states, the update schedule and the random streams continue exactly."""
+    from lightning_ebm.datamodules import Toy2DDataModule
+
+    def fit(max_steps: int, ckpt: str | None = None, save: str | None = None) -> tuple[MEG, L.Trainer]:
+        L.seed_everything(0)
+        model = tiny_meg(energy_steps=3, energy_lr=1e-3, generator_lr=1e-3, statistics_lr=1e-3)
+        trainer = L.Trainer(
+            max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            limit_val_batches=0, default_root_dir=tmp_path, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=512, batch_size=64), ckpt_path=ckpt)
+        if save:
+            trainer.save_checkpoint(save)
+        return model, trainer
+
+    # 8 batches per epoch; batch b makes 1 optimizer step, plus 2 (G and T) when b % 3 == 0:
+    # 34 steps = 20 batches (2.5 epochs); 10 steps = 6 batches (mid-epoch 0, after an energy-only batch).
+    straight, _ = fit(34)
+    fit(10, save=str(tmp_path / "mid.ckpt"))
+    resumed, trainer = fit(34, ckpt=str(tmp_path / "mid.ckpt"))
+    assert straight.energy_updates == resumed.energy_updates == 20
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for a, b in zip(straight.optimizers(use_pl_optimizer=False), trainer.optimizers):
+        for sa, sb in zip(a.state_dict()["state"].values(), b.state_dict()["state"].values()):
+            torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=0)
+
+
 def test_data_of_the_wrong_size_is_a_short_error(tmp_path) -> None:
     from lightning_ebm.datamodules import Toy2DDataModule
     from lightning_ebm.errors import UserError

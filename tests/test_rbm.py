@@ -252,3 +252,19 @@ def test_closed_form_surrogate_has_the_gradient_of_the_free_energy_difference(vi
     expected = torch.autograd.grad(rbm.cd_loss(v_data, v_model), params)
     for got, want in zip(torch.autograd.grad(rbm.cd_surrogate(v_data, v_model), params), expected):
         torch.testing.assert_close(got, want)
+
+
+def test_chains_saved_by_another_number_of_processes_are_pooled_and_shared_out() -> None:
+    """A checkpoint of 2 processes x 7 chains resumed on 1 process gives it all 14; one of 1 process
+    x 14 chains resumed on 2 processes gives each its own 7 (process r the r-th half)."""
+    from types import SimpleNamespace
+
+    saved = torch.arange(2 * 7 * 9, dtype=torch.float32).reshape(2, 7, 9)
+    rbm = RBM(9, 6, method="pcd", num_filters=0)
+    rbm.on_load_checkpoint({"per_rank_state": {"persistent_chains": saved}})
+    torch.testing.assert_close(rbm.persistent_chains, saved.reshape(14, 9))
+    for rank in (0, 1):
+        rbm = RBM(9, 6, method="pcd", num_filters=0)
+        rbm._trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        rbm.on_load_checkpoint({"per_rank_state": {"persistent_chains": saved.reshape(1, 14, 9)}})
+        torch.testing.assert_close(rbm.persistent_chains, saved[rank])

@@ -49,6 +49,7 @@ from lightning_ebm.models.stack import GreedyRBMStack
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli
 
 _STARTS = ("noise", "chains")
+_TOL_EVERY = 5  # mean-field sweeps between two convergence tests (each one synchronises with the host)
 
 
 def pretraining_scales(num_rbms: int) -> list[tuple[float, float]]:
@@ -164,21 +165,25 @@ class DBM(GreedyRBMStack):
 
     def mean_field(self, v: Tensor, num_steps: int, tol: float | None = None) -> list[Tensor]:
         """``[v, mu_1, ..., mu_L]``: ``num_steps`` fixed-point sweeps of Eq. (3) from a doubled
-        bottom-up pass (stopping early once no ``mu`` moves more than ``tol``, when given)."""
+        bottom-up pass (stopping early once no ``mu`` moves more than ``tol`` in a sweep, when given).
+
+        The convergence test reads a number from the device, so it runs every ``_TOL_EVERY`` sweeps,
+        not after each: the sweeps in between need no host-device synchronisation."""
         mu = [v]
         last = self.num_layers - 1
         for layer in range(1, self.num_layers):
             scale = 2.0 if layer < last else 1.0
             mu.append(torch.sigmoid(torch.addmm(self.biases[layer], mu[-1], self.weights[layer - 1], alpha=scale)))
-        for _ in range(num_steps):
+        for step in range(num_steps):
+            check = tol is not None and (step + 1) % _TOL_EVERY == 0
             change = torch.zeros((), device=v.device, dtype=v.dtype)
             for first in (1, 2):  # the odd hidden layers, then the even ones (v stays clamped)
                 for layer in range(first, self.num_layers, 2):
                     new = torch.sigmoid(self.layer_input(mu, layer))
-                    if tol is not None:
+                    if check:
                         change = torch.maximum(change, (new - mu[layer]).detach().abs().max())
                     mu[layer] = new
-            if tol is not None and float(change) < tol:
+            if check and float(change) < tol:
                 break
         return mu
 

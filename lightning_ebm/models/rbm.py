@@ -299,11 +299,14 @@ class RBM(EnergyBasedModel):
     def sparsity_loss(self, v_data: Tensor) -> Tensor:
         """Hinton's sparsity term (2010, section 11): a surrogate whose gradient is
         ``cost * (q - target)`` for each hidden bias and ``cost * (q - target) * mean(v_i)`` for ``W_ij``,
-        where ``q`` is the running mean activation of the hidden units."""
+        where ``q`` is the running mean activation of the hidden units (under DDP, of the global batch:
+        each process's batch mean is averaged over the processes before it enters ``q``)."""
         hp = self.hparams
         x = self.hidden_input(v_data)
         with torch.no_grad():
             activity = torch.sigmoid(x).mean(0)
+            if self._trainer is not None and self.trainer.world_size > 1:  # the global batch's, on every process
+                activity = self.trainer.strategy.reduce(activity, reduce_op="mean")
             self.hidden_activity.mul_(hp.sparsity_decay).add_((1 - hp.sparsity_decay) * activity)
             excess = self.hidden_activity - hp.sparsity_target
         return hp.sparsity_cost * (x.mean(0) * excess).sum()

@@ -9,13 +9,17 @@ import lightning as L
 
 
 class ParameterDigest(L.Callback):
-    """At the end of fit, each rank writes its parameters' sums to ``<dirpath>/rank<R>.json``."""
+    """At the end of fit, each rank writes its parameters' sums to ``<dirpath>/rank<R>.json`` (and its
+    floating-point buffers', e.g. batch norm running statistics, under ``buffer:<name>``)."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         digest = {name: float(p.detach().double().sum()) for name, p in pl_module.named_parameters()}
+        for name, b in pl_module.named_buffers():
+            if b.is_floating_point():
+                digest[f"buffer:{name}"] = float(b.detach().double().sum())
         digest["_world_size"] = trainer.world_size
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"rank{trainer.global_rank}.json"), "w") as f:
