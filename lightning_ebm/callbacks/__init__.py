@@ -4,6 +4,7 @@ from lightning_ebm.callbacks.anomaly import AnomalyDetection
 from lightning_ebm.callbacks.energy_landscape import EnergyLandscape, density_grid
 from lightning_ebm.callbacks.image_quality import ImageQuality
 from lightning_ebm.callbacks.likelihood import AISLogLikelihood
+from lightning_ebm.callbacks.mode_counting import ModeCounting
 from lightning_ebm.callbacks.sample_grid import SampleGrid
 from lightning_ebm.callbacks.toy_metrics import ToyModeMetrics
 
@@ -12,6 +13,7 @@ __all__ = [
     "AnomalyDetection",
     "EnergyLandscape",
     "ImageQuality",
+    "ModeCounting",
     "SampleGrid",
     "ToyModeMetrics",
     "density_grid",
