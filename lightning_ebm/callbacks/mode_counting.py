@@ -87,7 +87,7 @@ class ModeCounting(L.Callback):
         self.value_range = value_range
         self.seed = seed
         self.classifier: L.LightningModule | None = None
-        self.last: dict[str, float] = {}
+        self.last: dict[str, float] = {}  # the metrics last logged, on every rank
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not os.path.isfile(os.path.expanduser(str(self.classifier_checkpoint))):
@@ -136,8 +136,7 @@ class ModeCounting(L.Callback):
                 digits = classifier.classify(samples.reshape(b * n, 1, 28, 28), value_range).view(b, n)
                 ids.append(mode_ids(digits))
                 done += b
-        self.last = mode_histogram_metrics(torch.cat(ids), 10**n)
-        return self.last
+        return mode_histogram_metrics(torch.cat(ids), 10**n)
 
     def _evaluate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str) -> None:
         values = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
@@ -145,8 +144,9 @@ class ModeCounting(L.Callback):
             results = self.evaluate(trainer, pl_module)
             values = torch.tensor([results["modes"], results["kl"]], dtype=torch.float64, device=pl_module.device)
         values = trainer.strategy.broadcast(values, src=0)
-        pl_module.log(f"{prefix}/modes", values[0].float(), prog_bar=True)
-        pl_module.log(f"{prefix}/mode_kl", values[1].float(), prog_bar=True)
+        self.last = {f"{prefix}/modes": float(values[0]), f"{prefix}/mode_kl": float(values[1])}
+        for name, value in self.last.items():
+            pl_module.log(name, value, prog_bar=True)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_due(trainer, self.every_n_epochs):
