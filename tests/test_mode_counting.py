@@ -231,3 +231,19 @@ def test_meg_configs_run_through_the_cli(
     expected = {"val/modes", "val/mode_kl"} if "stacked" in name else {"val/anomaly/gradient_norm/auprc"}
     assert expected <= scalars, scalars
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_missing_classifier_stops_a_cli_run_at_once(real_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """meg_stackedmnist3.yaml with no classifier checkpoint: exit status 2 and one line naming the file and
+    the command that trains it, before any training step."""
+    missing = tmp_path / "no" / "classifier.ckpt"
+    start = time.perf_counter()
+    args = ["fit", "--config", "meg_stackedmnist3", "--data.data_dir", str(real_dir), "--data.source", "test-split",
+            "--data.val_size", "1000", "--data.num_train", "640", "--trainer.callbacks.classifier_checkpoint",
+            str(missing), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert run_cli(args) == 2
+    assert time.perf_counter() - start < 30.0  # the data are read, nothing is trained
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and str(missing) in err and "--config mnist_classifier.yaml" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
