@@ -5,6 +5,7 @@ from lightning_ebm.callbacks.checkpoint import PeriodicMetricCheckpoint
 from lightning_ebm.callbacks.energy_landscape import EnergyLandscape
 from lightning_ebm.callbacks.image_quality import ImageQuality
 from lightning_ebm.callbacks.likelihood import AISLogLikelihood
+from lightning_ebm.callbacks.mode_counting import ModeCounting
 from lightning_ebm.callbacks.sample_grid import SampleGrid
 from lightning_ebm.callbacks.toy_metrics import ToyModeMetrics
 
@@ -13,6 +14,7 @@ __all__ = [
     "AnomalyDetection",
     "EnergyLandscape",
     "ImageQuality",
+    "ModeCounting",
     "PeriodicMetricCheckpoint",
     "SampleGrid",
     "ToyModeMetrics",

@@ -15,7 +15,7 @@ from lightning_ebm.evaluation.likelihood import (
     exact_log_partition,
     log_likelihood,
 )
-from lightning_ebm.evaluation.modes import mode_metrics
+from lightning_ebm.evaluation.modes import mode_digits, mode_histogram_metrics, mode_ids, mode_metrics
 
 __all__ = [
     "anomaly_metrics",
@@ -29,5 +29,8 @@ __all__ = [
     "exact_log_likelihood",
     "exact_log_partition",
     "log_likelihood",
+    "mode_digits",
+    "mode_histogram_metrics",
+    "mode_ids",
     "mode_metrics",
 ]
