@@ -15,22 +15,23 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_ebm.cli import main
 from lightning_ebm.datamodules import mode_centres
-from lightning_ebm.evaluation import mode_metrics
-from lightning_ebm.models import DEM
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics
+from lightning_ebm.models import DEM, MEG
 
 pytestmark = pytest.mark.slow
 
 
-def _train(tmp_path: Path, *extra: str) -> tuple[DEM, float]:
+def _train(tmp_path: Path, *extra: str, config: str = "dem_toy") -> tuple[DEM | MEG, float]:
     start = time.perf_counter()
-    args = ["fit", "--config", "dem_toy", "--trainer.logger.init_args.save_dir", str(tmp_path),
+    args = ["fit", "--config", config, "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
     assert main(args) == 0
     elapsed = time.perf_counter() - start
-    run = tmp_path / "dem_toy" / "version_0"
+    run = tmp_path / config / "version_0"
     assert list((run / "plots").glob("energy_landscape_*.png"))
     assert "toy/hq_fraction" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
-    return DEM.load_from_checkpoint(run / "checkpoints" / "last.ckpt"), elapsed
+    method = DEM if config.startswith("dem") else MEG
+    return method.load_from_checkpoint(run / "checkpoints" / "last.ckpt"), elapsed
 
 
 def test_dem_toy_25gaussians(tmp_path: Path) -> None:
@@ -62,4 +63,27 @@ def test_dem_toy_8gaussians(tmp_path: Path) -> None:
     torch.manual_seed(123)
     m = mode_metrics(model.sample(2500), centres, std)
     print(f"8gaussians: {m}")
+    assert m["modes"] == 8
+
+
+def test_meg_toy_25gaussians(tmp_path: Path) -> None:
+    """Issue 5's bar for meg_toy.yaml at its default length: >= 24 of 25 modes, >= 90% high-quality
+    samples, in under 10 minutes, and no spurious low-energy regions (the density's mass near the modes)."""
+    model, elapsed = _train(tmp_path, config="meg_toy")
+    centres, std = mode_centres("25gaussians")
+    torch.manual_seed(123)
+    m = mode_metrics(model.sample(2500), centres, std)
+    mass = mass_near_modes(model.energy, centres, std)
+    print(f"meg 25gaussians: {m}, mass near modes {mass:.3f}, {elapsed:.0f} s")
+    assert elapsed < 600, f"the default length took {elapsed:.0f} s"
+    assert m["modes"] >= 24 and m["hq_fraction"] >= 0.90
+    assert mass >= 0.5
+
+
+def test_meg_toy_8gaussians(tmp_path: Path) -> None:
+    model, _ = _train(tmp_path, "--data.name", "8gaussians", config="meg_toy")
+    centres, std = mode_centres("8gaussians")
+    torch.manual_seed(123)
+    m = mode_metrics(model.sample(2500), centres, std)
+    print(f"meg 8gaussians: {m}")
     assert m["modes"] == 8
