@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
+from lightning_ebm.datamodules.utils import LabelledTensorLoaders
 from lightning_ebm.errors import UserError
 
 BASE_FOLDER = "cifar-10-batches-py"
@@ -138,7 +138,7 @@ def load_cifar10(data_dir: str, train: bool = True) -> tuple[Tensor, Tensor]:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-class CIFAR10DataModule(L.LightningDataModule):
+class CIFAR10DataModule(LabelledTensorLoaders, L.LightningDataModule):
     """CIFAR-10 in memory, as ``(x, y)`` batches: float32 images ``(B, 3, 32, 32)`` and int64 labels.
 
     The 50,000 training images are split by a seeded permutation into ``val_size`` validation images
@@ -262,31 +262,6 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.train_labels = train_y[self.train_indices]
         self.val_labels = train_y[self.val_indices]
         self.test_labels = test_y
-
-    def train_dataloader(self) -> TensorBatches:
-        assert self.train_data is not None and self.train_labels is not None, "call setup() first"
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
-        )
-
-    def _eval_loader(self, x: Tensor | None, y: Tensor | None) -> TensorBatches | list:
-        assert x is not None and y is not None, "call setup() first"
-        if x.shape[0] == 0:
-            return []
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            x, y, batch_size=min(4 * self.batch_size, x.shape[0]), shuffle=False, drop_last=False, rank=rank,
-            world_size=world,
-        )  # fmt: skip
-
-    def val_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.val_data, self.val_labels)
-
-    def test_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.test_data, self.test_labels)
-
-    predict_dataloader = test_dataloader
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Mirror each training image left-right with probability 1/2 when ``flip`` is set."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
+from lightning_ebm.datamodules.utils import LabelledTensorLoaders
 from lightning_ebm.errors import UserError
 
 FILES = ("kddcup.data_10_percent.gz", "kddcup.data_10_percent", "kddcup.data_10_percent_corrected")
@@ -82,7 +82,7 @@ def one_hot(symbolic: np.ndarray) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
-class KDD99DataModule(L.LightningDataModule):
+class KDD99DataModule(LabelledTensorLoaders, L.LightningDataModule):
     """KDD99 10 % in the DAGMM protocol (see the module docstring), batches ``(x, y)``, ``y = 1`` anomaly.
 
     After :meth:`setup`: ``train_data`` (attack rows of the first half, scaled), ``val_data`` /
@@ -212,26 +212,3 @@ class KDD99DataModule(L.LightningDataModule):
     @property
     def data_shape(self) -> tuple[int, ...]:
         return (self.num_features or 121,)
-
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> TensorBatches:
-        assert self.train_data is not None and self.train_labels is not None, "call setup() first"
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
-        )
-
-    def _eval_loader(self, x: Tensor | None, y: Tensor | None) -> TensorBatches | list:
-        assert x is not None and y is not None, "call setup() first"
-        if x.shape[0] == 0:
-            return []
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            x, y, batch_size=self.eval_batch_size, shuffle=False, drop_last=False, rank=rank, world_size=world
-        )
-
-    def val_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.val_data, self.val_labels)
-
-    def test_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.test_data, self.test_labels)

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
+from lightning_ebm.datamodules.utils import LabelledTensorLoaders
 from lightning_ebm.errors import UserError
 
 BINARIZE_CHOICES = ("none", "static", "dynamic")
@@ -107,7 +107,7 @@ def _check_header(path: str, ndim: int) -> None:
         raise _corrupt(path, f"{size} bytes where the header announces {len(head) + math.prod(dims)}")
 
 
-class MNISTDataModule(L.LightningDataModule):
+class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
     """MNIST digits, in memory, as ``(x, y)`` batches: float32 images and int64 labels.
 
     After :meth:`setup`, ``train_data``, ``val_data`` and ``test_data`` hold the preprocessed images
@@ -377,37 +377,6 @@ class MNISTDataModule(L.LightningDataModule):
         self.train_labels = source_y[self.train_indices]
         self.val_labels = source_y[self.val_indices]
         self.test_labels = test_y[self.test_indices]
-
-    # ------------------------------------------------------------------------------- dataloaders
-    def train_dataloader(self) -> TensorBatches:
-        rank, world = rank_and_world_size(self.trainer)
-        assert self.train_data is not None and self.train_labels is not None, "call setup() first"
-        return TensorBatches(
-            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
-        )
-
-    def _eval_loader(self, x: Tensor | None, y: Tensor | None) -> TensorBatches | list:
-        assert x is not None and y is not None, "call setup() first"
-        if x.shape[0] == 0:
-            return []  # Lightning skips an empty list of loaders
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            x,
-            y,
-            batch_size=min(self.batch_size * 4, x.shape[0]),
-            shuffle=False,
-            drop_last=False,
-            rank=rank,
-            world_size=world,
-        )
-
-    def val_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.val_data, self.val_labels)
-
-    def test_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.test_data, self.test_labels)
-
-    predict_dataloader = test_dataloader
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Re-binarise training batches on their device when ``binarize="dynamic"``."""

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch import Tensor
 
 from lightning_ebm.datamodules.mnist import VALUE_RANGES, MNISTDataModule
-from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
+from lightning_ebm.datamodules.utils import LabelledTensorLoaders
 from lightning_ebm.errors import UserError
 
 
-class MNISTAnomalyDataModule(L.LightningDataModule):
+class MNISTAnomalyDataModule(LabelledTensorLoaders, L.LightningDataModule):
     """MNIST with one digit as the anomaly class (see the module docstring), batches ``(x, y)``, ``y = 1`` anomaly.
 
     After :meth:`setup`: ``train_data``, ``val_data``, ``test_data`` (images ``(N, 1, 28, 28)`` in the
@@ -121,26 +120,3 @@ class MNISTAnomalyDataModule(L.LightningDataModule):
             setattr(self, f"{split}_data", x[idx])
             setattr(self, f"{split}_digits", digits[idx])
             setattr(self, f"{split}_labels", (digits[idx] == self.anomaly_digit).long())
-
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> TensorBatches:
-        assert self.train_data is not None, "call setup() first"
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
-        )
-
-    def _eval_loader(self, x: Tensor | None, y: Tensor | None) -> TensorBatches | list:
-        assert x is not None and y is not None, "call setup() first"
-        if x.shape[0] == 0:
-            return []
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            x, y, batch_size=self.eval_batch_size, shuffle=False, drop_last=False, rank=rank, world_size=world
-        )
-
-    def val_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.val_data, self.val_labels)
-
-    def test_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.test_data, self.test_labels)

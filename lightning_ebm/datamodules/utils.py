@@ -98,3 +98,36 @@ class TensorBatches:
         epoch, done = state["epoch"], state["batches_done"]
         self._pending = (epoch + 1, 0) if done >= len(self) else (epoch, done)
         self._started = True
+
+
+class LabelledTensorLoaders:
+    """The loaders of a data module that holds its splits in memory as ``<split>_data`` and
+    ``<split>_labels`` tensors (``train``, ``val``, ``test``): shuffled training batches of
+    ``batch_size`` per process, seeded by ``seed``; validation and test batches in order, of
+    ``eval_batch_size`` (default ``4 * batch_size``); an empty split gives no loader (Lightning skips
+    it); ``predict`` runs on the test split. Every loader is sharded by rank. Mixed into a
+    ``LightningDataModule`` before it."""
+
+    def train_dataloader(self) -> TensorBatches:
+        assert self.train_data is not None and self.train_labels is not None, "call setup() first"
+        rank, world = rank_and_world_size(self.trainer)
+        return TensorBatches(
+            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
+        )
+
+    def _eval_loader(self, x: Tensor | None, y: Tensor | None) -> TensorBatches | list:
+        assert x is not None and y is not None, "call setup() first"
+        if x.shape[0] == 0:
+            return []  # Lightning skips an empty list of loaders
+        rank, world = rank_and_world_size(self.trainer)
+        batch_size = min(getattr(self, "eval_batch_size", 4 * self.batch_size), x.shape[0])
+        return TensorBatches(x, y, batch_size=batch_size, shuffle=False, drop_last=False, rank=rank, world_size=world)
+
+    def val_dataloader(self) -> TensorBatches | list:
+        return self._eval_loader(self.val_data, self.val_labels)
+
+    def test_dataloader(self) -> TensorBatches | list:
+        return self._eval_loader(self.test_data, self.test_labels)
+
+    def predict_dataloader(self) -> TensorBatches | list:
+        return self.test_dataloader()
