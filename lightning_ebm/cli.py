@@ -17,13 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, LayerSync
 
+from lightning_ebm.callbacks.checkpoint import PeriodicMetricCheckpoint
 from lightning_ebm.callbacks.utils import run_dir
 from lightning_ebm.errors import UserError
-from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.models.base import NetworkModule
 from lightning_ebm.plugins import AtomicCheckpointIO, SyncBatchNormPlugin
 
 #: Directory of the shipped configs (inside the package, also linked as ``configs/`` in the repo).
@@ -70,11 +70,12 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 
 class EBMCLI(LightningCLI):
-    """LightningCLI for every :class:`~lightning_ebm.models.EnergyBasedModel` and any data module."""
+    """LightningCLI for every :class:`~lightning_ebm.models.EnergyBasedModel` (and the other
+    :class:`~lightning_ebm.models.base.NetworkModule` s, such as the MNIST ``Classifier``) and any data module."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
-            EnergyBasedModel,
+            NetworkModule,
             None,  # any LightningDataModule, chosen by class_path (optional for --print_config)
             subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},
@@ -93,7 +94,7 @@ class EBMCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PeriodicMetricCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,

@@ -11,8 +11,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from lightning_ebm.callbacks import EnergyLandscape, SampleGrid, ToyModeMetrics, density_grid
+from lightning_ebm.callbacks import EnergyLandscape, SampleGrid, ToyModeMetrics
 from lightning_ebm.datamodules import Toy2DDataModule, mode_centres
+from lightning_ebm.evaluation import density_grid
 from lightning_ebm.models import EnergyBasedModel
 
 
@@ -40,7 +41,7 @@ class GaussianEBM(EnergyBasedModel):
 
 def test_density_grid_is_the_normalised_gaussian() -> None:
     model = GaussianEBM()
-    gx, gy, log_density = density_grid(model, (-1.5, 2.5, -2.25, 1.75), resolution=161)
+    gx, gy, log_density = density_grid(model.energy, (-1.5, 2.5, -2.25, 1.75), resolution=161)
     cell = (4.0 / 160) ** 2
     points = torch.stack([gx, gy], -1)
     exact = torch.exp(-(points - torch.tensor([0.5, -0.25])).pow(2).sum(-1) / (2 * 0.09)) / (2 * math.pi * 0.09)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from helpers.image_quality import RandomConvFeatures, ShiftedImages, build
+from helpers.image_quality import RandomConvFeatures, ShiftedImages, build, random_inception_weights
 from test_image_datamodules import write_cifar10
 
 from lightning_ebm.callbacks import ImageQuality
@@ -179,16 +179,7 @@ def test_two_process_ddp_logs_rank_zeros_result_on_both_ranks(tmp_path: Path) ->
 def test_the_inception_network_runs_with_a_weights_file(cifar: CIFAR10DataModule, tmp_path: Path) -> None:
     """torchmetrics' Inception (random weights in torch-fidelity's file format): 2,048 features and 1,008
     logits per image, the original resize (no antialiasing) by default, and a finite FID and IS."""
-    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
-    torch.save({}, tmp_path / "empty.pt")
-    original = fidelity.FeatureExtractorInceptionV3.load_state_dict
-    fidelity.FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None
-    try:
-        net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(tmp_path / "empty.pt"))
-    finally:
-        fidelity.FeatureExtractorInceptionV3.load_state_dict = original
-    weights = tmp_path / INCEPTION_FILE
-    torch.save(net.state_dict(), weights)
+    weights = random_inception_weights(tmp_path)
     callback = ImageQuality(
         num_samples=4, reference="val", num_reference=4, inception_weights=str(weights), cache_dir=None,
         batch_size=4, splits=1,

@@ -4,6 +4,7 @@ the update schedule, the contract and checkpoints."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -301,3 +302,36 @@ def test_data_of_the_wrong_size_is_a_short_error(tmp_path) -> None:
     trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     with pytest.raises(UserError, match=r"shaped \[2\] but the model's data_shape is \[3\]"):
         trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=256, batch_size=64))
+
+
+def test_meg_cifar_config_trains_and_keeps_the_best_checkpoint_by_fid(tmp_path: Path) -> None:
+    """The headline config end to end through the command line on CIFAR-10's on-disk format: the
+    paper's networks (narrowed), FID / IS by the Inception network (random weights in torch-fidelity's
+    file format), a best checkpoint chosen by FID although FID is computed only every other epoch."""
+    from helpers.image_quality import random_inception_weights
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_image_datamodules import write_cifar10
+
+    from lightning_ebm.cli import main
+
+    write_cifar10(tmp_path / "data", per_batch=8, n_test=4)
+    weights = random_inception_weights(tmp_path)
+    narrow = [f"--model.init_args.{net}.init_args.width=16" for net in ("energy_net", "generator", "statistics_net")]
+    args = ["fit", "--config", "meg_cifar", "--data.data_dir", str(tmp_path / "data"), "--data.val_size", "8",
+            "--data.batch_size", "8", "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *narrow,
+            "--trainer.callbacks.inception_weights", str(weights), "--trainer.callbacks.num_samples", "8",
+            "--trainer.callbacks.every_n_epochs", "2", "--trainer.callbacks.reference", "val",
+            "--trainer.callbacks.cache_dir", "null", "--trainer.callbacks.batch_size", "8",
+            "--trainer.callbacks.splits", "1"]  # fmt: skip
+    assert main(args) == 0
+    run = tmp_path / "logs" / "meg_cifar" / "version_0"
+    scalars = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
+    assert {"val/fid", "val/inception_score", "train/gradient_penalty", "train/mutual_information"} <= scalars
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch=1") for name in checkpoints)
+    model = MEG.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert model.hparams.gradient_penalty == 10.0 and model.hparams.energy_steps == 5
+    assert model.sample(2).shape == (2, 3, 32, 32)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2

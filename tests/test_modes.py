@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_ebm.datamodules import mode_centres, sample_toy2d
-from lightning_ebm.evaluation import mode_metrics
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics
 
 
 def test_true_samples_cover_every_mode_uniformly() -> None:
@@ -42,3 +42,38 @@ def test_two_modes_known_kl_and_non_finite_samples() -> None:
     p = torch.tensor([0.75, 0.25])
     assert m["modes"] == 2 and m["hq_fraction"] == pytest.approx(4 / 5)
     assert m["kl"] == pytest.approx(float((p * torch.log(p * 4)).sum()))
+
+
+def _mixture_energy(centres: torch.Tensor, std: float, spurious: torch.Tensor | None = None, weight: float = 0.0):
+    """``-log`` of the equal-weight Gaussian mixture on ``centres`` (plus a component of mass ``weight``
+    at ``spurious``, of the same std), up to a constant."""
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        logp = -(torch.cdist(x.double(), centres.double()) ** 2) / (2 * std**2)
+        logp = torch.logsumexp(logp, 1) + math.log((1 - weight) / centres.shape[0])
+        if spurious is not None:
+            extra = -((x.double() - spurious.double()) ** 2).sum(1) / (2 * std**2) + math.log(weight)
+            logp = torch.logaddexp(logp, extra)
+        return -logp
+
+    return energy
+
+
+@pytest.mark.parametrize("name", ["25gaussians", "8gaussians"])
+def test_mass_near_modes_of_the_true_mixture_is_the_chi2_probability(name: str) -> None:
+    centres, std = mode_centres(name)
+    mass = mass_near_modes(_mixture_energy(centres, std), centres, std)
+    assert mass == pytest.approx(1 - math.exp(-4.5), abs=0.004)  # P(chi^2_2 < 9)
+    assert mass_near_modes(_mixture_energy(centres, std), centres, std, threshold=2.0) == pytest.approx(
+        1 - math.exp(-2.0), abs=0.006
+    )
+
+
+def test_a_spurious_basin_between_modes_takes_its_mass_away() -> None:
+    centres, std = mode_centres("25gaussians")
+    between = (centres[0] + centres[1]) / 2  # halfway between two neighbouring modes
+    energy = _mixture_energy(centres, std, spurious=between, weight=0.2)
+    assert mass_near_modes(energy, centres, std) == pytest.approx(0.8 * (1 - math.exp(-4.5)), abs=0.005)
+    # a flat energy (no modes at all) puts only the modes' share of the grid's area near them
+    flat = mass_near_modes(lambda x: torch.zeros(x.shape[0]), centres, std)
+    assert flat < 0.05

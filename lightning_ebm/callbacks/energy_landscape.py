@@ -7,26 +7,8 @@ import torch
 from torch import Tensor
 
 from lightning_ebm.callbacks.utils import log_figure, reference_data, should_run
+from lightning_ebm.evaluation.landscape import density_grid
 from lightning_ebm.models.base import EnergyBasedModel
-
-
-@torch.no_grad()
-def density_grid(
-    model: EnergyBasedModel, bounds: tuple[float, float, float, float], resolution: int = 200
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``log exp(-E)`` on a ``resolution x resolution`` grid, normalised so that ``exp`` sums to one.
-
-    Returns the grid's x and y coordinates and the log of the normalised density, each shaped
-    ``(resolution, resolution)``.
-    """
-    x0, x1, y0, y1 = bounds
-    xs = torch.linspace(x0, x1, resolution)
-    ys = torch.linspace(y0, y1, resolution)
-    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
-    points = torch.stack([gx.flatten(), gy.flatten()], 1).to(model.device)
-    energies = torch.cat([model.energy(chunk).float() for chunk in points.split(16384)])
-    log_density = torch.log_softmax(-energies, 0).view(resolution, resolution).cpu()
-    return gx, gy, log_density
 
 
 class EnergyLandscape(L.Callback):
@@ -88,7 +70,7 @@ class EnergyLandscape(L.Callback):
             data = reference_data(trainer)
             samples = pl_module.sample(self.num_samples).float().cpu() if self.num_samples else None
             bounds = self._bounds(data, samples)
-            gx, gy, log_density = density_grid(pl_module, bounds, self.resolution)
+            gx, gy, log_density = density_grid(pl_module.energy, bounds, self.resolution, pl_module.device)
         finally:
             pl_module.train(was_training)
         top = float(log_density.max())

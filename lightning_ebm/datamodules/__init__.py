@@ -5,6 +5,8 @@ from lightning_ebm.datamodules.cifar10 import CIFAR10DataModule
 from lightning_ebm.datamodules.kdd99 import KDD99DataModule
 from lightning_ebm.datamodules.lsun import LSUNDataModule
 from lightning_ebm.datamodules.mnist import MNISTDataModule
+from lightning_ebm.datamodules.mnist_anomaly import MNISTAnomalyDataModule
+from lightning_ebm.datamodules.stacked_mnist import StackedMNISTDataModule
 from lightning_ebm.datamodules.toy2d import TOY_NAMES, Toy2DDataModule, mode_centres, sample_toy2d
 from lightning_ebm.datamodules.utils import TensorBatches
 
@@ -14,7 +16,9 @@ __all__ = [
     "CelebADataModule",
     "LSUNDataModule",
     "KDD99DataModule",
+    "MNISTAnomalyDataModule",
     "MNISTDataModule",
+    "StackedMNISTDataModule",
     "TensorBatches",
     "Toy2DDataModule",
     "mode_centres",

@@ -307,6 +307,20 @@ class MNISTDataModule(L.LightningDataModule):
             ) from None
         return train.data, train.targets.long(), test.data, test.targets.long()
 
+    def load_images(self) -> tuple[Tensor, Tensor]:
+        """Every image of the source, unsplit: uint8 ``(N, 28, 28)`` and int64 labels ``(N,)``.
+
+        For ``full`` the 60,000 training images followed by the 10,000 test images, for ``test-split``
+        the 10,000 test images; with the same checks and error messages as :meth:`setup`. For data
+        modules that define their own splits of MNIST (``MNISTAnomalyDataModule``).
+        """
+        if self.trainer is None:
+            self.prepare_data()
+        if self.source == "test-split":
+            return self._load_test_split()
+        train_x, train_y, test_x, test_y = self._load_full()
+        return torch.cat([train_x, test_x]), torch.cat([train_y, test_y])
+
     # ----------------------------------------------------------------------------- preprocessing
     def _generator(self, stream: int) -> torch.Generator:
         """Independent generators from ``seed``: 0 splits, 1 to 3 binarisation of train/val/test."""

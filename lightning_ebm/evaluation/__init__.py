@@ -7,6 +7,7 @@ from lightning_ebm.evaluation.anomaly import (
     threshold_free_metrics,
     top_fraction_metrics,
 )
+from lightning_ebm.evaluation.landscape import density_grid, mass_near_modes
 from lightning_ebm.evaluation.likelihood import (
     base_rate_bias,
     estimate_log_partition,
@@ -14,7 +15,7 @@ from lightning_ebm.evaluation.likelihood import (
     exact_log_partition,
     log_likelihood,
 )
-from lightning_ebm.evaluation.modes import mode_metrics
+from lightning_ebm.evaluation.modes import mode_digits, mode_histogram_metrics, mode_ids, mode_metrics
 
 __all__ = [
     "anomaly_metrics",
@@ -22,9 +23,14 @@ __all__ = [
     "threshold_free_metrics",
     "top_fraction_metrics",
     "base_rate_bias",
+    "density_grid",
+    "mass_near_modes",
     "estimate_log_partition",
     "exact_log_likelihood",
     "exact_log_partition",
     "log_likelihood",
+    "mode_digits",
+    "mode_histogram_metrics",
+    "mode_ids",
     "mode_metrics",
 ]

@@ -1,6 +1,8 @@
-"""The methods. Each is an :class:`EnergyBasedModel` (see its docstring for the contract)."""
+"""The methods. Each is an :class:`EnergyBasedModel` (see its docstring for the contract); ``Classifier``
+is the supervised MNIST classifier of mode counting."""
 
-from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.models.base import EnergyBasedModel, NetworkModule
+from lightning_ebm.models.classifier import Classifier
 from lightning_ebm.models.dbm import DBM
 from lightning_ebm.models.dbn import DBN
 from lightning_ebm.models.dem import DEM
@@ -8,4 +10,14 @@ from lightning_ebm.models.meg import MEG
 from lightning_ebm.models.rbm import RBM
 from lightning_ebm.models.stack import GreedyRBMStack
 
-__all__ = ["DBM", "DBN", "DEM", "RBM", "MEG", "EnergyBasedModel", "GreedyRBMStack"]
+__all__ = [
+    "Classifier",
+    "DBM",
+    "DBN",
+    "DEM",
+    "RBM",
+    "MEG",
+    "EnergyBasedModel",
+    "GreedyRBMStack",
+    "NetworkModule",
+]

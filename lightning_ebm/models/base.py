@@ -25,7 +25,51 @@ from lightning_ebm.rng import rng_states, seed_for_rank, set_rng_states
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
-class EnergyBasedModel(L.LightningModule, ABC):
+class NetworkModule(L.LightningModule):
+    """A LightningModule whose networks are constructor arguments and whose checkpoints rebuild them.
+
+    The base of every method (:class:`EnergyBasedModel`) and of the supervised helpers (the MNIST
+    classifier of mode counting): :meth:`save_hyperparameters` stores each injected
+    :class:`lightning_ebm.nn.Network` as a ``{"class_path", "init_args"}`` spec, so that
+    ``Module.load_from_checkpoint(path)`` needs no other argument, and the command line accepts any
+    subclass as ``model``.
+    """
+
+    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
+        """Lightning's ``save_hyperparameters``, plus specs of the injected networks.
+
+        Networks passed as constructor arguments are stored as ``{"class_path", "init_args"}``
+        specs (:class:`lightning_ebm.nn.Network` records them) so that ``load_from_checkpoint(path)``
+        can rebuild them; a model built by the command line already has them from its config.
+        """
+        frame = frame if frame is not None else inspect.currentframe().f_back  # type: ignore[union-attr]
+        with warnings.catch_warnings():  # networks are stored as specs below, not pickled
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        hparams = self._hparams
+        if "_instantiator" in hparams:
+            return
+        rebuilt = False
+        for key, value in list(hparams.items()):
+            if isinstance(value, nn.Module):
+                spec = module_spec(value)
+                if spec is None:
+                    warnings.warn(
+                        f"{key} ({type(value).__name__}) is not a lightning_ebm.nn.Network, so checkpoints "
+                        f"cannot rebuild it: pass {key}=... to load_from_checkpoint",
+                        stacklevel=2,
+                    )
+                    del hparams[key]
+                else:
+                    hparams[key] = spec
+                    rebuilt = True
+        if rebuilt:
+            hparams["_instantiator"] = _INSTANTIATOR
+        self._set_hparams(hparams)
+        self._hparams_initial = type(hparams)(dict(hparams))
+
+
+class EnergyBasedModel(NetworkModule, ABC):
     """Base class of every method: an energy-based model of data shaped ``data_shape``.
 
     The contract:
@@ -73,39 +117,6 @@ class EnergyBasedModel(L.LightningModule, ABC):
         raise TypeError(f"a batch must be a tensor or a tuple/list starting with one, got {type(batch).__name__}")
 
     # ------------------------------------------------------------------ shared helpers
-    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
-        """Lightning's ``save_hyperparameters``, plus specs of the injected networks.
-
-        Networks passed as constructor arguments are stored as ``{"class_path", "init_args"}``
-        specs (:class:`lightning_ebm.nn.Network` records them) so that ``load_from_checkpoint(path)``
-        can rebuild them; a model built by the command line already has them from its config.
-        """
-        frame = frame if frame is not None else inspect.currentframe().f_back  # type: ignore[union-attr]
-        with warnings.catch_warnings():  # networks are stored as specs below, not pickled
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
-        hparams = self._hparams
-        if "_instantiator" in hparams:
-            return
-        rebuilt = False
-        for key, value in list(hparams.items()):
-            if isinstance(value, nn.Module):
-                spec = module_spec(value)
-                if spec is None:
-                    warnings.warn(
-                        f"{key} ({type(value).__name__}) is not a lightning_ebm.nn.Network, so checkpoints "
-                        f"cannot rebuild it: pass {key}=... to load_from_checkpoint",
-                        stacklevel=2,
-                    )
-                    del hparams[key]
-                else:
-                    hparams[key] = spec
-                    rebuilt = True
-        if rebuilt:
-            hparams["_instantiator"] = _INSTANTIATOR
-        self._set_hparams(hparams)
-        self._hparams_initial = type(hparams)(dict(hparams))
-
     @property
     def should_log_step(self) -> bool:
         """True on the training steps whose metrics the logger writes (every ``log_every_n_steps``).
@@ -217,10 +228,15 @@ class EnergyBasedModel(L.LightningModule, ABC):
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Mean energy of held-out data (``val/energy_data``) and of as many samples (``val/energy_samples``)."""
+        """Mean energy of held-out data (``val/energy_data``) and of as many samples (``val/energy_samples``);
+        for methods whose sampler runs Metropolis-adjusted chains (they set ``last_acceptance_rate``
+        in ``sample``), the chains' acceptance rate (``val/mcmc_acceptance_rate``)."""
         x = self.batch_data(batch)
+        self.last_acceptance_rate = None
         self.log("val/energy_data", self.energy(x).mean(), sync_dist=True)
         self.log("val/energy_samples", self.energy(self.sample(x.shape[0])).mean(), sync_dist=True)
+        if self.last_acceptance_rate is not None:
+            self.log("val/mcmc_acceptance_rate", self.last_acceptance_rate, sync_dist=True)
 
     test_step = validation_step
 

@@ -28,6 +28,7 @@ from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.objectives import score_penalty
 from lightning_ebm.nn.energy import ProductOfExpertsEnergy
 from lightning_ebm.nn.entropy import batchnorm_entropy
+from lightning_ebm.samplers.langevin import latent_mala
 
 _OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
 
@@ -54,6 +55,11 @@ class DEM(EnergyBasedModel):
         energy_steps: energy updates per generator update (each on the same data batch).
         gradient_penalty: weight of a zero-centred gradient penalty ``mean ||grad_x E(x_data)||^2`` in
             the energy loss (not in Kim & Bengio; the regulariser of Kumar et al. 2019, MEG), 0 = off.
+        mcmc_steps: MALA steps in the generator's latent space refining ``z`` in :meth:`sample` (0, the
+            paper: plain ``G(z)``). The target is the prior tilted by ``exp(-E(G(z)) / mcmc_temperature)``
+            (:func:`~lightning_ebm.samplers.latent_mala`, the sampler of Kumar et al. 2019).
+        mcmc_step_size: the Langevin step of those chains.
+        mcmc_temperature: their temperature; below 1 sharpens the samples towards the energy's basins.
     """
 
     ddp_find_unused_parameters = True  # the generator's backward pass does not reach the energy
@@ -77,6 +83,9 @@ class DEM(EnergyBasedModel):
         sample_noise_std: float = 0.0,
         energy_steps: int = 1,
         gradient_penalty: float = 0.0,
+        mcmc_steps: int = 0,
+        mcmc_step_size: float = 1e-3,
+        mcmc_temperature: float = 1.0,
     ) -> None:
         super().__init__(data_shape)
         self.save_hyperparameters()
@@ -86,7 +95,10 @@ class DEM(EnergyBasedModel):
             raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
         if entropy_reduction not in ("sum", "mean"):
             raise ValueError(f"entropy_reduction must be 'sum' or 'mean', got {entropy_reduction!r}")
+        if mcmc_steps < 0 or mcmc_step_size <= 0 or mcmc_temperature <= 0:
+            raise ValueError("mcmc_steps must be >= 0, mcmc_step_size and mcmc_temperature positive")
         self.automatic_optimization = False
+        self.last_acceptance_rate: Tensor | None = None
         self.energy_net = ProductOfExpertsEnergy(feature_net, self.data_shape, num_experts, sigma, learn_sigma)
         self.generator = generator
 
@@ -104,11 +116,20 @@ class DEM(EnergyBasedModel):
 
     @torch.no_grad()
     def sample(self, num_samples: int, z: Tensor | None = None) -> Tensor:
-        """``G(z)`` with the generator in evaluation mode (batch norm uses its running statistics)."""
+        """``G(z)`` with the generator in evaluation mode (batch norm uses its running statistics); with
+        ``mcmc_steps`` the codes are first refined by latent-space MALA (acceptance rate in
+        :attr:`last_acceptance_rate`)."""
+        hp = self.hparams
         z = self.latent(num_samples) if z is None else z.to(self.device)
         was_training = self.generator.training
         self.generator.eval()
         try:
+            if hp.mcmc_steps > 0:
+                z, accepted = latent_mala(
+                    self.energy, self.generator, z, hp.mcmc_steps, hp.mcmc_step_size, hp.mcmc_temperature,
+                    prior=hp.latent_distribution,
+                )  # fmt: skip
+                self.last_acceptance_rate = accepted.mean()
             return self.generator(z)
         finally:
             self.generator.train(was_training)

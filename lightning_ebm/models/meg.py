@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from lightning_ebm.evaluation.anomaly import SCORES, anomaly_scores
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.objectives import jsd_mutual_information, score_penalty
-from lightning_ebm.samplers.langevin import langevin_dynamics, mala
+from lightning_ebm.samplers.langevin import langevin_dynamics, latent_mala, mala
 
 MCMC_CHOICES = ("none", "latent", "visible")
 
@@ -131,7 +131,10 @@ class MEG(EnergyBasedModel):
         self.generator.eval()
         try:
             if mode == "latent" and hp.mcmc_steps > 0:
-                z, accepted = mala(self.latent_energy, z, hp.mcmc_steps, hp.mcmc_step_size)
+                prior = "normal" if hp.mcmc_latent_prior else "none"
+                z, accepted = latent_mala(
+                    self.energy, self.generator, z, hp.mcmc_steps, hp.mcmc_step_size, hp.mcmc_temperature, prior
+                )
                 self.last_acceptance_rate = accepted.mean()
             x = self.generator(z)
             if mode == "visible" and hp.mcmc_steps > 0:
@@ -144,13 +147,6 @@ class MEG(EnergyBasedModel):
             return x
         finally:
             self.generator.train(was_training)
-
-    def latent_energy(self, z: Tensor) -> Tensor:
-        """The latent-space MCMC target's energy ``E(G(z)) / T (+ ||z||^2 / 2)``."""
-        u = self.energy(self.generator(z)) / self.hparams.mcmc_temperature
-        if self.hparams.mcmc_latent_prior:
-            u = u + 0.5 * z.flatten(1).pow(2).sum(1)
-        return u
 
     def anomaly_score(self, x: Tensor, score: str | None = None) -> Tensor:
         """``||grad_x E(x)||^2`` (``gradient_norm``, the paper's score) or ``E(x)`` per example."""
@@ -225,16 +221,6 @@ class MEG(EnergyBasedModel):
                 **logs_e,
             )
             self.log_train_metrics(metrics, prog_bar=("energy_gap",))
-
-    @torch.no_grad()
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """The base class's energies of data and samples, plus the MCMC acceptance rate."""
-        self.last_acceptance_rate = None
-        super().validation_step(batch, batch_idx)
-        if self.last_acceptance_rate is not None:
-            self.log("val/mcmc_acceptance_rate", self.last_acceptance_rate, sync_dist=True)
-
-    test_step = validation_step
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Adam for each network; its fused kernel (one update per parameter tensor) on CPU and GPU,

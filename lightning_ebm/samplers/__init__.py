@@ -7,7 +7,7 @@ from lightning_ebm.samplers.ais import (
     salakhutdinov_murray_betas,
 )
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli, sample_gaussian
-from lightning_ebm.samplers.langevin import langevin_dynamics, mala
+from lightning_ebm.samplers.langevin import langevin_dynamics, latent_mala, mala
 
 __all__ = [
     "AnnealingPath",
@@ -15,6 +15,7 @@ __all__ = [
     "annealed_importance_sampling",
     "block_gibbs",
     "langevin_dynamics",
+    "latent_mala",
     "mala",
     "salakhutdinov_murray_betas",
     "sample_bernoulli",

@@ -35,6 +35,27 @@ class RandomConvFeatures(nn.Module):
         return self.net(images.float() / 127.5 - 1)
 
 
+def random_inception_weights(folder) -> str:  # noqa: ANN001
+    """torch-fidelity's Inception-v3 with random weights, saved in its weights-file format under the
+    real file's name in ``folder`` (the real weights cannot be downloaded on the test machines)."""
+    import pytest
+
+    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    from lightning_ebm.callbacks.image_quality import INCEPTION_FILE
+
+    empty = os.path.join(folder, "empty.pt")
+    torch.save({}, empty)
+    original = fidelity.FeatureExtractorInceptionV3.load_state_dict
+    fidelity.FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None
+    try:
+        net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], empty)
+    finally:
+        fidelity.FeatureExtractorInceptionV3.load_state_dict = original
+    weights = os.path.join(folder, INCEPTION_FILE)
+    torch.save(net.state_dict(), weights)
+    return weights
+
+
 class ShiftedImages(L.LightningModule):
     """``sample(n)``: the first n of ``images`` plus ``shift`` (a stand-in generator); trains a dummy weight."""
 

@@ -1,0 +1,71 @@
+"""The command line's checkpoint callback: the last checkpoint at every checkpointing epoch, and the
+best one, where "best" may be judged by a metric that a callback computes only every few epochs
+(FID, the AIS log-likelihood, mode counts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+
+class PeriodicMetricCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with a last checkpoint that is always current, and a monitored
+    metric compared only on the epochs it is logged.
+
+    Two behaviours of Lightning's own callback (2.6) would break resuming:
+
+    * it rewrites ``last.ckpt`` only when it also writes a best (top-k) checkpoint, so once the
+      monitored metric stops improving ``last.ckpt`` goes stale and a crash loses every epoch since
+      the best one. Here ``last.ckpt`` is written at every checkpointing epoch (each
+      ``every_n_epochs``) whatever the metric did;
+    * it stops the run when the monitored metric is missing from an epoch's metrics, so a best
+      checkpoint by FID computed every 50 epochs would force ``every_n_epochs: 50``. Here the best
+      checkpoint is updated whenever the metric exists, and a metric that never appears in a whole
+      fit (a misspelt name) is reported at the end of the fit.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._monitor_seen = False
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        if self.monitor is not None and self.monitor not in monitor_candidates:
+            return
+        self._monitor_seen = True
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _epoch_due(self, trainer: L.Trainer) -> bool:
+        return (
+            self.save_last is True
+            and not self._should_skip_saving_checkpoint(trainer)
+            and self._every_n_epochs >= 1
+            and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        )
+
+    def _save_last_if_not_saved(self, trainer: L.Trainer) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        due = self._epoch_due(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+        if due:
+            self._save_last_if_not_saved(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        due = self._epoch_due(trainer) and not self._should_save_on_train_epoch_end(trainer)
+        super().on_validation_end(trainer, pl_module)
+        if due:
+            self._save_last_if_not_saved(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor is not None and self.save_top_k != 0 and not self._monitor_seen and not self.best_model_path:
+            rank_zero_warn(
+                f"checkpoint.monitor {self.monitor!r} was never logged during this fit, so no best checkpoint "
+                f"was kept (logged metrics: {', '.join(sorted(trainer.callback_metrics)) or 'none'}); "
+                "set checkpoint.monitor to one of them"
+            )
