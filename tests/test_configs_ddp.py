@@ -57,6 +57,27 @@ def kdd(tmp_path: Path) -> list[str]:
             "--model.init_args.statistics_net.init_args.data_features", "51"]  # fmt: skip
 
 
+def cifar(tmp_path: Path) -> list[str]:
+    from test_image_datamodules import write_cifar10
+
+    write_cifar10(tmp_path / "data")
+    return ["--data.data_dir", str(tmp_path / "data"), "--data.batch_size", "8", "--data.val_size", "20"]
+
+
+def mnist_test_split(tmp_path: Path, *extra: str) -> list[str]:
+    data = real_mnist_dir(tmp_path / "data")
+    return ["--data.data_dir", str(data), "--data.download", "false", "--data.source", "test-split", *extra]
+
+
+def stacked(tmp_path: Path) -> list[str]:
+    return mnist_test_split(tmp_path, "--data.num_train", "256", "--data.num_val", "64", "--data.num_test", "64",
+                            "--data.batch_size", "16", "--data.eval_batch_size", "64")  # fmt: skip
+
+
+def mnist_anomaly(tmp_path: Path) -> list[str]:
+    return mnist_test_split(tmp_path, "--data.batch_size", "16", "--data.eval_batch_size", "100")
+
+
 def toy(tmp_path: Path) -> list[str]:
     return ["--data.num_samples", "4096"]
 
@@ -73,6 +94,8 @@ def rbm(pcd: bool) -> list[str]:
 
 STACK = ["--model.init_args.layer_sizes", "[784, 30, 20]", "--model.init_args.layer_epochs", "[1, 1]"]
 NARROW_MEG = [f"--model.init_args.{net}.init_args.hidden" for net in ("energy_net", "generator", "statistics_net")]
+NARROW_CONV_MEG = [x for net in ("energy_net", "generator", "statistics_net")
+                   for x in (f"--model.init_args.{net}.init_args.width", "16")]  # fmt: skip
 
 #: Per shipped config: the data it needs, the shrinking overrides, the epochs of the first run.
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str], int]] = {
@@ -86,7 +109,13 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str], int]] = {
                                "--model.init_args.generator.init_args.hidden", "[32, 32]",
                                "--model.init_args.num_experts", "8"], 1),
     "dem_toy.yaml": (toy, [], 1),
+    "meg_cifar.yaml": (cifar, NARROW_CONV_MEG, 1),
     "meg_kdd99.yaml": (kdd, [], 1),
+    "meg_mnist_anomaly.yaml": (mnist_anomaly, NARROW_CONV_MEG, 1),
+    "meg_stackedmnist3.yaml": (stacked, NARROW_CONV_MEG, 1),
+    "meg_stackedmnist4.yaml": (stacked, NARROW_CONV_MEG, 1),
+    "mnist_classifier.yaml": (mnist, ["--model.init_args.net.init_args.channels", "[4, 8]",
+                                      "--model.init_args.net.init_args.hidden", "16"], 1),
     "meg_toy.yaml": (toy, [x for arg in NARROW_MEG for x in (arg, "[32, 32]")], 1),
     "rbm_mnist.yaml": (mnist, rbm(pcd=False), 1),
     "rbm_mnist_pcd.yaml": (mnist, rbm(pcd=True), 1),
