@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
 import torch
 
@@ -121,3 +122,39 @@ def test_tensor_batches_shard_by_rank_and_resume_mid_epoch() -> None:
     fresh = TensorBatches(data, batch_size=10, seed=1)
     list(fresh), list(fresh)
     assert torch.equal(torch.cat(list(restored)), torch.cat(list(fresh)))  # then epoch 2 as usual
+
+
+class _RecordBatches(L.LightningModule):
+    """Records the batches it is trained on, per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[int, list[torch.Tensor]] = {}
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        self.seen.setdefault(self.current_epoch, []).append(batch.clone())
+        return self.weight * batch.sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_a_run_resumed_from_an_end_of_epoch_checkpoint_sees_the_next_epochs_batches(tmp_path) -> None:
+    """At an epoch boundary Lightning restores no loader state; the trainer's set_epoch must then
+    select the resumed epoch's permutation (before the fix the resumed run replayed epoch 0's)."""
+
+    def fit(epochs: int, ckpt: str | None = None) -> _RecordBatches:
+        model = _RecordBatches()
+        trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                            limit_val_batches=0, enable_model_summary=False)  # fmt: skip
+        trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=64, batch_size=16), ckpt_path=ckpt)
+        return model
+
+    full = fit(3)
+    fit(2)
+    resumed = fit(3, str(tmp_path / "checkpoints" / "epoch=1-step=8.ckpt"))
+    assert list(resumed.seen) == [2]
+    for a, b in zip(resumed.seen[2], full.seen[2], strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(full.seen[2][0], full.seen[0][0])

@@ -56,6 +56,7 @@ class TensorBatches:
         self.epoch = 0
         self._started = False
         self._pending: tuple[int, int] | None = None  # (epoch, first batch) after a restore
+        self._next_epoch: int | None = None  # set by the trainer at the start of each epoch
         self._yielded = 0
 
     def _indices(self) -> Tensor:
@@ -75,12 +76,27 @@ class TensorBatches:
         per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
+    # Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at the start of every epoch; this makes a
+    # run resumed from a checkpoint written at the end of an epoch (where Lightning does not restore
+    # the loader's state) continue with the next epoch's permutation instead of epoch 0's.
+    @property
+    def sampler(self) -> TensorBatches:
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass over the data epoch ``epoch`` (unless a mid-epoch restore is pending)."""
+        if self._pending is None:
+            self._next_epoch = int(epoch)
+
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, ...]]:
         if self._pending is not None:
             (self.epoch, start), self._pending = self._pending, None
+        elif self._next_epoch is not None:
+            self.epoch, start = self._next_epoch, 0
         else:
             self.epoch += int(self._started)
             start = 0
+        self._next_epoch = None
         self._started = True
         self._yielded = start
         order = self._indices()
