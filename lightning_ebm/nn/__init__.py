@@ -1,6 +1,7 @@
 """Networks shared by the methods: plain ``nn.Module``s that know nothing about training."""
 
 from lightning_ebm.nn.base import Network, module_spec
+from lightning_ebm.nn.classifier import ConvClassifier
 from lightning_ebm.nn.conv import ConvEnergy, ConvGenerator, ConvStatistics
 from lightning_ebm.nn.dcgan import DCGANFeatureNet, DCGANGenerator
 from lightning_ebm.nn.energy import ProductOfExpertsEnergy
@@ -9,6 +10,7 @@ from lightning_ebm.nn.mlp import MLP, GaussianNoise, StatisticsMLP, make_activat
 
 __all__ = [
     "MLP",
+    "ConvClassifier",
     "ConvEnergy",
     "ConvGenerator",
     "ConvStatistics",
