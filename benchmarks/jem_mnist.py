@@ -59,7 +59,7 @@ def build(args: argparse.Namespace, px_weight: float) -> JEM:
     net = ConvClassifier(channels=args.channels, hidden=args.hidden, activation="leaky_relu")
     return JEM(
         net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, lr=args.lr, warmup_steps=args.warmup,
-        decay_epochs=[], sgld_steps=args.sgld_steps, buffer_size=args.buffer_size,
+        decay_epochs=[], sgld_steps=args.sgld_steps, buffer_size=args.buffer_size, energy_l2=args.energy_l2,
     )  # fmt: skip
 
 
@@ -67,7 +67,7 @@ def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: bool) 
     L.seed_everything(args.seed, verbose=False)
     trainer = L.Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", callbacks=[DivergenceGuard()] if guard else [],
+        enable_model_summary=False, accelerator="cpu", callbacks=[DivergenceGuard(max_energy=1e4, lr_factor=0.5)] if guard else [],
         limit_val_batches=0,
     )  # fmt: skip
     start = time.perf_counter()
@@ -140,6 +140,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--sgld-steps", type=int, default=20)
+    parser.add_argument("--energy-l2", type=float, default=0.0)
     parser.add_argument("--buffer-size", type=int, default=10_000)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--hidden", type=int, default=128)

@@ -22,8 +22,9 @@ loss minimised here (6.29-6.31, with weights) is
     L = w_clf * CE(f(x), y) + w_px * (mean E(x_data) - mean E(x_sgld))
         [+ w_pxy * (mean E(x_data, y) - mean E(x_sgld_y, y))]
 
-where the optional last term is the class-conditional ``log p(x | y)`` with chains sampling
-``E(x, y)`` from class-labelled buffer slots. The chains start from a replay buffer
+where the optional third term is the class-conditional ``log p(x | y)`` with chains sampling
+``E(x, y)`` from class-labelled buffer slots, and the optional last one the energy-magnitude
+regulariser of Du & Mordatch (2019) (not in JEM; off by default). The chains start from a replay buffer
 (:class:`~lightning_ebm.samplers.ReplayBuffer`: 10,000 states, each draw restarted from ``U(-1, 1)``
 with probability 0.05, final states written back), run with the classifier in evaluation mode, and
 the data gets ``N(0, 0.03^2)`` noise. Adam with a linear warm-up and a step decay, as in the paper.
@@ -72,6 +73,8 @@ class JEM(EnergyBasedModel):
         init_range: ``(low, high)`` of the uniform noise the chains start from (data range, [-1, 1]).
         data_noise: standard deviation of the Gaussian noise added to training data (0.03).
         sample_steps: SGLD steps of :meth:`sample` (default ``sgld_steps``).
+        energy_l2: weight ``lambda`` of the regulariser ``lambda * mean(E(x_data)^2 + E(x_sgld)^2)``
+            of Du & Mordatch (2019), which keeps the energies from running away; 0 (JEM) leaves it out.
     """
 
     def __init__(
@@ -96,12 +99,13 @@ class JEM(EnergyBasedModel):
         init_range: Sequence[float] = (-1.0, 1.0),
         data_noise: float = 0.03,
         sample_steps: int | None = None,
+        energy_l2: float = 0.0,
     ) -> None:
         super().__init__(data_shape)
         self.save_hyperparameters()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if min(clf_weight, px_weight, pxy_weight) < 0:
+        if min(clf_weight, px_weight, pxy_weight, energy_l2) < 0:
             raise ValueError("the loss weights must be 0 or more")
         if buffer_size % num_classes:
             raise ValueError(f"buffer_size ({buffer_size}) must be a multiple of num_classes ({num_classes})")
@@ -212,9 +216,14 @@ class JEM(EnergyBasedModel):
             "energy_data": energy_data.detach(),
         }
         if x_sgld is not None:
-            energy_samples = self.energy(x_sgld).mean()
+            energies_samples = self.energy(x_sgld)
+            energy_samples = energies_samples.mean()
             loss = loss + hp.px_weight * (energy_data - energy_samples)
             logs["energy_samples"] = energy_samples.detach()
+            if hp.energy_l2 > 0:
+                square = (self.energy_from_logits(logits).pow(2) + energies_samples.pow(2)).mean()
+                loss = loss + hp.energy_l2 * square
+                logs["energy_l2"] = square.detach()
         if x_sgld_y is not None:
             energy_data_y = self.energy_from_logits(logits, y).mean()
             energy_samples_y = self.energy(x_sgld_y, y).mean()
