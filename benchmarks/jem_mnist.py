@@ -12,7 +12,8 @@ weight 0 (no SGLD). Printed and written as JSON:
   itself and by the independently trained plain classifier;
 * training time, training examples per second, SGLD samples per second.
 
-    python benchmarks/jem_mnist.py --data-dir ../shared/data/mnist --epochs 6 --out benchmarks/results_jem_mnist_cpu.json
+    python benchmarks/jem_mnist.py --data-dir ../shared/data/mnist --epochs 8 --energy-l2 0.1 --threads 1 \
+        --out benchmarks/results_jem_mnist_cpu.json
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def build(args: argparse.Namespace, px_weight: float) -> JEM:
 
 def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: bool) -> float:
     L.seed_everything(args.seed, verbose=False)
+    callbacks = [DivergenceGuard(max_energy=1e4, lr_factor=0.5)] if guard else []
     trainer = L.Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", callbacks=[DivergenceGuard(max_energy=1e4, lr_factor=0.5)] if guard else [],
+        enable_model_summary=False, accelerator="cpu", callbacks=callbacks,
         limit_val_batches=0,
     )  # fmt: skip
     start = time.perf_counter()

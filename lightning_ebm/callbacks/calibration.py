@@ -46,7 +46,9 @@ class Calibration(L.Callback):
         if not self._active:
             return
         if not hasattr(pl_module, "logits"):
-            raise UserError(f"Calibration needs a classifier with logits(x) (e.g. JEM); {type(pl_module).__name__} has none")
+            raise UserError(
+                f"Calibration needs a classifier with logits(x) (e.g. JEM); {type(pl_module).__name__} has none"
+            )
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
             raise UserError("Calibration needs labelled batches (x, y); this data module's batches have no labels")
         self._probabilities.append(pl_module.logits(batch[0]).float().softmax(1))

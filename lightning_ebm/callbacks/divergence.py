@@ -142,7 +142,9 @@ class DivergenceGuard(L.Callback):
             flags += [~torch.isfinite(loss).all(), loss.abs().max() > self.max_loss]
             names += ["the loss is not finite", f"|loss| exceeds {self.max_loss:g}"]
         if energies:
-            e = torch.stack([v.detach().float().reshape(()) if v.numel() == 1 else v.detach().float().max() for v in energies])
+            e = torch.stack(
+                [v.detach().float().reshape(()) if v.numel() == 1 else v.detach().float().max() for v in energies]
+            )
             flags += [~torch.isfinite(e).all(), e.abs().max() > self.max_energy]
             names += ["the energies are not finite", f"the energies exceed {self.max_energy:g} in absolute value"]
         if self.check_parameters:

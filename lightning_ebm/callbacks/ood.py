@@ -67,7 +67,9 @@ class OODDetection(L.Callback):
 
     def _score(self, pl_module: L.LightningModule, x: Tensor) -> dict[str, Tensor]:
         if not hasattr(pl_module, "logits"):
-            raise UserError(f"OODDetection needs a classifier-EBM with logits(x) (e.g. JEM); {type(pl_module).__name__} has none")
+            raise UserError(
+                f"OODDetection needs a classifier-EBM with logits(x) (e.g. JEM); {type(pl_module).__name__} has none"
+            )
         return {s: ood_scores(pl_module.energy, pl_module.logits, x, s).float() for s in self.scores}
 
     def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:

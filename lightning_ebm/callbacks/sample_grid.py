@@ -107,7 +107,9 @@ class ConditionalSampleGrid(L.Callback):
     def plot(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
         num_classes = getattr(pl_module, "num_classes", None)
         if num_classes is None:
-            raise ValueError(f"ConditionalSampleGrid needs a class-conditional model; {type(pl_module).__name__} has no num_classes")
+            raise ValueError(
+                f"ConditionalSampleGrid needs a class-conditional model; {type(pl_module).__name__} has no num_classes"
+            )
         classes = min(int(num_classes), self.max_classes)
         labels = torch.arange(classes, device=pl_module.device).repeat_interleave(self.samples_per_class)
         kwargs = {} if self.steps is None else {"steps": self.steps}
@@ -119,7 +121,9 @@ class ConditionalSampleGrid(L.Callback):
             grid = make_grid(to_unit_range(images, self.value_range), nrow=self.samples_per_class, padding=2)
             self.last_path = log_image(trainer, "conditional_samples", grid)
         else:
-            raise ValueError(f"ConditionalSampleGrid plots images or 2D points, got samples of shape {tuple(samples.shape)}")
+            raise ValueError(
+                f"ConditionalSampleGrid plots images or 2D points, got samples of shape {tuple(samples.shape)}"
+            )
 
     def _scatter(self, trainer: L.Trainer, samples: torch.Tensor, labels: torch.Tensor):  # noqa: ANN202
         import matplotlib

@@ -74,10 +74,10 @@ def reliability_diagram(bins: dict[str, Tensor], title: str = "") -> Any:
     ece = float((weights * (bins["accuracy"] - bins["confidence"]).abs()).sum())
     occupied = (count > 0).numpy()
     figure, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.bar(edges[:-1][occupied], bins["accuracy"].numpy()[occupied], width=width, align="edge",
-           edgecolor="black", color="tab:blue", label="accuracy")  # fmt: skip
-    ax.bar(edges[:-1][occupied], (bins["confidence"] - bins["accuracy"]).numpy()[occupied], width=width,
-           bottom=bins["accuracy"].numpy()[occupied], align="edge", color="tab:red", alpha=0.3, label="gap")  # fmt: skip
+    left, accuracy = edges[:-1][occupied], bins["accuracy"].numpy()[occupied]
+    gap = (bins["confidence"] - bins["accuracy"]).numpy()[occupied]
+    ax.bar(left, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    ax.bar(left, gap, width=width, bottom=accuracy, align="edge", color="tab:red", alpha=0.3, label="gap")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
