@@ -64,9 +64,9 @@ def build(args: argparse.Namespace, px_weight: float) -> JEM:
     )  # fmt: skip
 
 
-def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: bool) -> float:
+def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: DivergenceGuard | None) -> float:
     L.seed_everything(args.seed, verbose=False)
-    callbacks = [DivergenceGuard(max_energy=1e4, lr_factor=0.5)] if guard else []
+    callbacks = [guard] if guard else []
     trainer = L.Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", callbacks=callbacks,
@@ -95,10 +95,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         n_train = dm.train_data.shape[0]
 
         jem, plain = build(args, px_weight=1.0), build(args, px_weight=0.0)
-        jem_time = fit(jem, dm, args, guard=True)
-        plain_time = fit(plain, dm, args, guard=False)
+        guard = DivergenceGuard(max_energy=args.guard_max_energy, lr_factor=args.guard_lr_factor)
+        jem_time = fit(jem, dm, args, guard=guard)
+        plain_time = fit(plain, dm, args, guard=None)
 
     results: dict[str, object] = {"settings": vars(args), "train_size": n_train, "held_out_size": int(y_test.numel())}
+    results["guard"] = {"recoveries": guard.recoveries, "events": guard.events}
     results["jem"] = {**evaluate(jem, x_test, y_test), "train_time_s": jem_time,
                       "train_examples_per_s": args.epochs * n_train / jem_time}  # fmt: skip
     results["plain"] = {**evaluate(plain, x_test, y_test), "train_time_s": plain_time,
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if args.grid:
             from torchvision.utils import save_image
 
-            save_image((conditional + 1) / 2, args.grid, nrow=args.per_class * 0 + args.per_class)
+            save_image((conditional + 1) / 2, args.grid, nrow=args.per_class)
     return results
 
 
@@ -143,6 +145,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--sgld-steps", type=int, default=20)
     parser.add_argument("--energy-l2", type=float, default=0.0)
+    parser.add_argument("--guard-max-energy", type=float, default=1e3)
+    parser.add_argument("--guard-lr-factor", type=float, default=0.5)
     parser.add_argument("--buffer-size", type=int, default=10_000)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--hidden", type=int, default=128)

@@ -338,7 +338,7 @@ def test_guard_rollback_is_exact() -> None:
 
 def test_guard_gives_up_with_a_clear_error_after_its_attempts(tmp_path: Path) -> None:
     L.seed_everything(0)
-    guard = DivergenceGuard(every_n_steps=100, max_attempts=3)
+    guard = DivergenceGuard(every_n_steps=100, max_attempts=3, lr_factor=0.5)
     trainer = toy_trainer(tmp_path, 2, callbacks=[InjectNaN(range(2, 1000)), guard], enable_checkpointing=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -346,6 +346,8 @@ def test_guard_gives_up_with_a_clear_error_after_its_attempts(tmp_path: Path) ->
             trainer.fit(toy_jem(), toy_data())
     assert guard.recoveries == 3
     assert "some parameters are not finite" in guard.events[0]
+    # the learning rate is the good state's times 0.5, 0.25, 0.125: it compounds over the attempts
+    assert [e.split("learning rates ")[1].split()[0] for e in guard.events] == ["x0.5", "x0.25", "x0.125"]
 
 
 def test_guard_reads_the_returned_loss_of_automatically_optimised_modules() -> None:

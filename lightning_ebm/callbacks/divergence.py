@@ -47,7 +47,8 @@ class DivergenceGuard(L.Callback):
 
     On a blow-up (on any process: the decision is shared, so all processes act together) it
     restores the last good state exactly, reseeds the random generators with a new seed (each
-    process its own), optionally multiplies the learning rates by ``lr_factor``, logs
+    process its own), optionally multiplies the good state's learning rates by ``lr_factor ** k`` at
+    the ``k``-th rollback to it, logs
     ``guard/recoveries`` and warns with what happened, and training goes on. If the run diverges
     ``max_attempts`` times without reaching a new good state it stops with a :class:`UserError`.
     Python attributes of the method that are not in its state dict or per-process state (step
@@ -59,7 +60,8 @@ class DivergenceGuard(L.Callback):
         max_energy: an energy above this in absolute value is a blow-up.
         check_parameters: also check that all parameters are finite (one reduction per step).
         max_attempts: recoveries from the same good state before giving up.
-        lr_factor: multiply the learning rates by this after each recovery (1: keep them).
+        lr_factor: at the ``k``-th rollback to the same good state, the learning rates are that state's
+            times ``lr_factor ** k`` (1: keep them).
         snapshot_on_cpu: keep the copy in host memory (saves accelerator memory for large models).
     """
 
@@ -191,12 +193,13 @@ class DivergenceGuard(L.Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        if self.lr_factor != 1.0:
-            self._scale_learning_rates(trainer, self.lr_factor)
+        factor = self.lr_factor**self.attempts  # compounds over the rollbacks to the same good state
+        if factor != 1.0:
+            self._scale_learning_rates(trainer, factor)
         if hasattr(pl_module, "guard_metrics"):
             pl_module.guard_metrics = {}
         self._mark = step
-        lr_note = f", learning rates x{self.lr_factor:g}" if self.lr_factor != 1.0 else ""
+        lr_note = f", learning rates x{factor:g} of the good state's" if factor != 1.0 else ""
         event = (
             f"DivergenceGuard: {reason} at step {step}; rolled back to the state of step {self._snapshot_step} "
             f"and reseeded (seed {seed}){lr_note}; recovery {self.recoveries}, attempt {self.attempts} of "

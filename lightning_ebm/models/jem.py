@@ -250,7 +250,8 @@ class JEM(EnergyBasedModel):
         optimizer.step()
         scheduler.step()
 
-        self.guard_metrics = {"loss": loss.detach(), **{k: v for k, v in logs.items() if k.startswith("energy")}}
+        energies = ("energy_data", "energy_samples", "energy_data_y", "energy_samples_y")
+        self.guard_metrics = {"loss": loss.detach(), **{k: logs[k] for k in energies if k in logs}}
         if log:
             if "energy_samples" in logs:
                 logs["energy_gap"] = logs["energy_samples"] - logs["energy_data"]
