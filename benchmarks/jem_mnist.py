@@ -57,6 +57,7 @@ def mnist_module(source_dir: Path, work_dir: Path, batch_size: int) -> MNISTData
 
 
 def build(args: argparse.Namespace, px_weight: float) -> JEM:
+    torch.manual_seed(args.seed)  # both models start from the same weights
     net = ConvClassifier(channels=args.channels, hidden=args.hidden, activation="leaky_relu")
     return JEM(
         net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, lr=args.lr, warmup_steps=args.warmup,
