@@ -363,6 +363,12 @@ def test_guard_reads_the_returned_loss_of_automatically_optimised_modules() -> N
     assert "not finite" in guard.check(module, torch.tensor(float("nan")))
     module.guard_metrics = {"loss": torch.tensor(1.0), "energy_samples": torch.tensor(5e9)}
     assert "energies exceed" in DivergenceGuard().check(module)
+    # healthy, but within the snapshot margin of a threshold: not a state to keep as the good one
+    guard = DivergenceGuard(max_energy=1000.0, snapshot_margin=0.1)
+    module.guard_metrics = {"loss": torch.tensor(1.0), "energy_samples": torch.tensor(500.0)}
+    assert guard.check(module) is None and guard.near_limits
+    module.guard_metrics = {"loss": torch.tensor(1.0), "energy_samples": torch.tensor(50.0)}
+    assert guard.check(module) is None and not guard.near_limits
 
 
 # ---------------------------------------------------------------------------- calibration and OOD by hand

@@ -35,7 +35,8 @@ def _detached_copy(value: Any, device: torch.device | None) -> Any:
 class DivergenceGuard(L.Callback):
     """Detect a blow-up after each training step and recover without a person.
 
-    Every ``every_n_steps`` healthy steps it keeps an in-memory copy of the last good state: the
+    Every ``every_n_steps`` healthy steps (healthy with a margin, see ``snapshot_margin``) it keeps
+    an in-memory copy of the last good state: the
     module's parameters and buffers, the optimisers' and schedulers' states, the method's
     per-process state (:meth:`~lightning_ebm.models.EnergyBasedModel.per_rank_state`: replay
     buffers, persistent chains) and the random generators. After every step it checks:
@@ -63,6 +64,8 @@ class DivergenceGuard(L.Callback):
         lr_factor: at the ``k``-th rollback to the same good state, the learning rates are that state's
             times ``lr_factor ** k`` (1: keep them).
         snapshot_on_cpu: keep the copy in host memory (saves accelerator memory for large models).
+        snapshot_margin: a state is kept as the good one only while the loss and the energies are
+            below this fraction of their thresholds (a run already on its way up is not "good").
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class DivergenceGuard(L.Callback):
         max_attempts: int = 5,
         lr_factor: float = 1.0,
         snapshot_on_cpu: bool = False,
+        snapshot_margin: float = 0.1,
     ) -> None:
         if every_n_steps < 1 or max_attempts < 1:
             raise UserError("DivergenceGuard needs every_n_steps >= 1 and max_attempts >= 1")
@@ -86,6 +90,8 @@ class DivergenceGuard(L.Callback):
         self.max_attempts = max_attempts
         self.lr_factor = lr_factor
         self.snapshot_on_cpu = snapshot_on_cpu
+        self.snapshot_margin = snapshot_margin
+        self.near_limits = False
         #: recoveries in this run (also in checkpoints); ``attempts``: since the last good state.
         self.recoveries = 0
         self.attempts = 0
@@ -139,24 +145,30 @@ class DivergenceGuard(L.Callback):
         loss, energies = self._values(pl_module, outputs)
         flags: list[Tensor] = []
         names: list[str] = []
+        near: list[Tensor] = []  # within snapshot_margin of a threshold: healthy, but not a state to keep
         if loss is not None:
             loss = loss.detach().float()
             flags += [~torch.isfinite(loss).all(), loss.abs().max() > self.max_loss]
             names += ["the loss is not finite", f"|loss| exceeds {self.max_loss:g}"]
+            near.append(loss.abs().max() > self.snapshot_margin * self.max_loss)
         if energies:
             e = torch.stack(
                 [v.detach().float().reshape(()) if v.numel() == 1 else v.detach().float().max() for v in energies]
             )
             flags += [~torch.isfinite(e).all(), e.abs().max() > self.max_energy]
             names += ["the energies are not finite", f"the energies exceed {self.max_energy:g} in absolute value"]
+            near.append(e.abs().max() > self.snapshot_margin * self.max_energy)
         if self.check_parameters:
             finite = [torch.isfinite(p.detach()).all() for p in pl_module.parameters()]
             if finite:
                 flags.append(~torch.stack(finite).all())
                 names.append("some parameters are not finite")
+        self.near_limits = False
         if not flags:
             return None
-        bad = torch.stack([f.reshape(()) for f in flags]).cpu()
+        everything = torch.stack([f.reshape(()) for f in flags + near]).cpu()
+        bad = everything[: len(flags)]
+        self.near_limits = bool(everything[len(flags) :].any())
         if not bool(bad.any()):
             return None
         details = [n for n, b in zip(names, bad.tolist()) if b]
@@ -176,7 +188,9 @@ class DivergenceGuard(L.Callback):
         if diverged:
             self._recover(trainer, pl_module, reason or "another process diverged")
         elif trainer.global_step - self._mark >= self.every_n_steps:
-            self.snapshot(trainer, pl_module)
+            # keep the state only when every process is clear of the thresholds (all take it together)
+            if trainer.strategy.reduce_boolean_decision(not self.near_limits, all=True):
+                self.snapshot(trainer, pl_module)
 
     def _recover(self, trainer: L.Trainer, pl_module: L.LightningModule, reason: str) -> None:
         step = trainer.global_step
