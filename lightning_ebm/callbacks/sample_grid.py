@@ -67,3 +67,75 @@ class SampleGrid(L.Callback):
         ax.legend(loc="upper right", markerscale=4)
         ax.set_title(f"samples, epoch {trainer.current_epoch}, step {trainer.global_step}")
         return fig
+
+
+class ConditionalSampleGrid(L.Callback):
+    """Every ``every_n_epochs`` epochs, draw ``samples_per_class`` samples of each class with the
+    model's ``sample(n, y=...)`` and plot them: one row per class for images, a scatter plot coloured
+    by class for 2D points (tag ``conditional_samples``; TensorBoard and ``<log_dir>/plots/``).
+
+    It uses only the model's public API: ``sample(n, y=labels[, steps=...])`` and ``num_classes``.
+
+    Args:
+        samples_per_class: samples of each class (a row of the grid).
+        every_n_epochs: plotting period in epochs (also at the last epoch).
+        steps: sampler steps per chain (default: the model's own).
+        value_range: data range of the images (default: [-1, 1] if values are negative, else [0, 1]).
+        max_classes: plot at most this many classes (the first ones).
+    """
+
+    def __init__(
+        self,
+        samples_per_class: int = 8,
+        every_n_epochs: int = 1,
+        steps: int | None = None,
+        value_range: tuple[float, float] | None = None,
+        max_classes: int = 10,
+    ) -> None:
+        self.samples_per_class = samples_per_class
+        self.every_n_epochs = every_n_epochs
+        self.steps = steps
+        self.value_range = value_range
+        self.max_classes = max_classes
+        self.last_path = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
+        if should_run(trainer, self.every_n_epochs):
+            self.plot(trainer, pl_module)
+
+    @torch.no_grad()
+    def plot(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
+        num_classes = getattr(pl_module, "num_classes", None)
+        if num_classes is None:
+            raise ValueError(
+                f"ConditionalSampleGrid needs a class-conditional model; {type(pl_module).__name__} has no num_classes"
+            )
+        classes = min(int(num_classes), self.max_classes)
+        labels = torch.arange(classes, device=pl_module.device).repeat_interleave(self.samples_per_class)
+        kwargs = {} if self.steps is None else {"steps": self.steps}
+        samples = pl_module.sample(labels.numel(), y=labels, **kwargs).detach().float().cpu()
+        if samples.dim() == 2 and samples.shape[1] == 2:
+            self.last_path = log_figure(trainer, "conditional_samples", self._scatter(trainer, samples, labels.cpu()))
+        elif samples.dim() in (3, 4):
+            images = samples.unsqueeze(1) if samples.dim() == 3 else samples
+            grid = make_grid(to_unit_range(images, self.value_range), nrow=self.samples_per_class, padding=2)
+            self.last_path = log_image(trainer, "conditional_samples", grid)
+        else:
+            raise ValueError(
+                f"ConditionalSampleGrid plots images or 2D points, got samples of shape {tuple(samples.shape)}"
+            )
+
+    def _scatter(self, trainer: L.Trainer, samples: torch.Tensor, labels: torch.Tensor):  # noqa: ANN202
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        data = reference_data(trainer)
+        if data is not None:
+            ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:gray", alpha=0.3)
+        ax.scatter(samples[:, 0], samples[:, 1], s=4, c=labels.numpy(), cmap="tab20", alpha=0.8)
+        ax.set_aspect("equal")
+        ax.set_title(f"samples per class, epoch {trainer.current_epoch}")
+        return fig

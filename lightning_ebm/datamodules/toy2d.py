@@ -92,7 +92,9 @@ def sample_toy2d(name: str, n: int, generator: torch.Generator | None = None) ->
 class Toy2DDataModule(L.LightningDataModule):
     """2D toy data: a fixed training set and a held-out validation set, drawn from a seed.
 
-    Batches are plain ``(batch, 2)`` tensors. The same ``seed`` gives the same points.
+    Batches are plain ``(batch, 2)`` tensors, or ``(x, y)`` pairs with ``labels``, where ``y`` is the
+    mixture component of the point (its nearest centre; Gaussian mixtures only), for classifiers
+    and class-conditional models such as JEM. The same ``seed`` gives the same points.
 
     Args:
         name: one of ``swissroll``, ``8gaussians``, ``25gaussians``, ``rings``, ``checkerboard``,
@@ -101,6 +103,8 @@ class Toy2DDataModule(L.LightningDataModule):
         batch_size: examples per training batch (per process under DDP).
         seed: seed of the data (independent of the training seed).
         num_val_samples: size of the validation set (2,500 is customary for the mode metrics).
+        labels: yield ``(x, y)`` with ``y`` the index of the nearest mixture centre (``8gaussians``
+            and ``25gaussians`` only).
     """
 
     def __init__(
@@ -110,10 +114,16 @@ class Toy2DDataModule(L.LightningDataModule):
         batch_size: int = 256,
         seed: int = 0,
         num_val_samples: int = 2_500,
+        labels: bool = False,
     ) -> None:
         super().__init__()
         if name not in TOY_NAMES:
             raise UserError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_NAMES)}")
+        if labels and mode_centres(name) is None:
+            raise UserError(
+                f"labels: true needs a Gaussian mixture whose components are the classes (8gaussians or "
+                f"25gaussians); {name!r} has none"
+            )
         if num_samples < batch_size:
             raise UserError(f"num_samples ({num_samples}) must be at least batch_size ({batch_size})")
         self.save_hyperparameters()
@@ -122,8 +132,11 @@ class Toy2DDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.num_val_samples = num_val_samples
+        self.labels = labels
         self.train_data: Tensor | None = None
         self.val_data: Tensor | None = None
+        self.train_labels: Tensor | None = None
+        self.val_labels: Tensor | None = None
         modes = mode_centres(name)
         #: ``(K, 2)`` mode centres of the Gaussian mixtures (None for the other toys).
         self.centres: Tensor | None = modes[0] if modes else None
@@ -134,22 +147,43 @@ class Toy2DDataModule(L.LightningDataModule):
     def data_shape(self) -> tuple[int, ...]:
         return (2,)
 
+    @property
+    def num_classes(self) -> int | None:
+        """Number of mixture components (the classes with ``labels``), None for the other toys."""
+        return None if self.centres is None else self.centres.shape[0]
+
+    def component(self, x: Tensor) -> Tensor:
+        """Index of the nearest mixture centre of each point (its component, for these well separated mixtures)."""
+        assert self.centres is not None
+        return torch.cdist(x, self.centres).argmin(1)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_data is None:
             g = torch.Generator().manual_seed(self.seed)
             self.train_data = sample_toy2d(self.name, self.num_samples, g)
             self.val_data = sample_toy2d(self.name, self.num_val_samples, g)
+            if self.centres is not None:
+                self.train_labels, self.val_labels = self.component(self.train_data), self.component(self.val_data)
+
+    def _tensors(self, x: Tensor | None, y: Tensor | None) -> tuple[Tensor, ...]:
+        assert x is not None, "call setup() first"
+        return (x, y) if self.labels and y is not None else (x,)
 
     def train_dataloader(self) -> TensorBatches:
         rank, world = rank_and_world_size(self.trainer)
-        assert self.train_data is not None
-        return TensorBatches(self.train_data, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world)
+        return TensorBatches(
+            *self._tensors(self.train_data, self.train_labels),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
 
     def val_dataloader(self) -> TensorBatches:
         rank, world = rank_and_world_size(self.trainer)
         assert self.val_data is not None
         return TensorBatches(
-            self.val_data,
+            *self._tensors(self.val_data, self.val_labels),
             batch_size=min(self.batch_size * 4, self.num_val_samples),
             shuffle=False,
             drop_last=False,

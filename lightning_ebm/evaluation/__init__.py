@@ -7,6 +7,7 @@ from lightning_ebm.evaluation.anomaly import (
     threshold_free_metrics,
     top_fraction_metrics,
 )
+from lightning_ebm.evaluation.calibration import calibration_bins, expected_calibration_error, reliability_diagram
 from lightning_ebm.evaluation.landscape import density_grid, mass_near_modes
 from lightning_ebm.evaluation.likelihood import (
     base_rate_bias,
@@ -16,8 +17,15 @@ from lightning_ebm.evaluation.likelihood import (
     log_likelihood,
 )
 from lightning_ebm.evaluation.modes import mode_digits, mode_histogram_metrics, mode_ids, mode_metrics
+from lightning_ebm.evaluation.ood import OOD_SCORES, ood_auroc, ood_scores
 
 __all__ = [
+    "OOD_SCORES",
+    "calibration_bins",
+    "expected_calibration_error",
+    "ood_auroc",
+    "ood_scores",
+    "reliability_diagram",
     "anomaly_metrics",
     "anomaly_scores",
     "threshold_free_metrics",

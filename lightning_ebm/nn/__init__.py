@@ -7,6 +7,7 @@ from lightning_ebm.nn.dcgan import DCGANFeatureNet, DCGANGenerator
 from lightning_ebm.nn.energy import ProductOfExpertsEnergy
 from lightning_ebm.nn.entropy import batchnorm_entropy, batchnorm_scales
 from lightning_ebm.nn.mlp import MLP, GaussianNoise, StatisticsMLP, make_activation
+from lightning_ebm.nn.wrn import WideResNet
 
 __all__ = [
     "MLP",
@@ -20,6 +21,7 @@ __all__ = [
     "Network",
     "ProductOfExpertsEnergy",
     "StatisticsMLP",
+    "WideResNet",
     "batchnorm_entropy",
     "batchnorm_scales",
     "make_activation",

@@ -8,10 +8,12 @@ from lightning_ebm.samplers.ais import (
 )
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli, sample_gaussian
 from lightning_ebm.samplers.langevin import langevin_dynamics, latent_mala, mala
+from lightning_ebm.samplers.replay import ReplayBuffer
 
 __all__ = [
     "AnnealingPath",
     "LogPartition",
+    "ReplayBuffer",
     "annealed_importance_sampling",
     "block_gibbs",
     "langevin_dynamics",

@@ -1,0 +1,171 @@
+"""JEM vs the same network trained as a plain classifier, on the real MNIST test split.
+
+The official 10,000 test images are carved by ``MNISTDataModule(source="test-split")`` into 8,000
+training and 2,000 held-out images (seeded). Both models use the same small conv net
+(``ConvClassifier``), seed, optimiser and epochs; the plain classifier is JEM with the generative
+weight 0 (no SGLD). Printed and written as JSON:
+
+* held-out accuracy and ECE (20 equal-width bins) of both;
+* mean energy ``E(x) = -logsumexp f(x)`` of held-out data, of samples drawn from the replay buffer,
+  of fresh chains started from noise, and of the uniform noise itself;
+* conditional samples ``sample(n, y=c)`` for every class: the share classified as ``c`` by JEM
+  itself and by the independently trained plain classifier;
+* training time, training examples per second, SGLD samples per second.
+
+    python benchmarks/jem_mnist.py --data-dir ../shared/data/mnist --epochs 8 --energy-l2 0.1 --threads 1 \
+        --out benchmarks/results_jem_mnist_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_ebm.callbacks import DivergenceGuard  # noqa: E402
+from lightning_ebm.datamodules import MNISTDataModule  # noqa: E402
+from lightning_ebm.evaluation import expected_calibration_error  # noqa: E402
+from lightning_ebm.models import JEM  # noqa: E402
+from lightning_ebm.nn import ConvClassifier  # noqa: E402
+
+TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def mnist_module(source_dir: Path, work_dir: Path, batch_size: int) -> MNISTDataModule:
+    raw = work_dir / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in TEST_FILES:
+        if not (source_dir / name).is_file():
+            raise SystemExit(f"{source_dir / name} is missing: point --data-dir at the MNIST test files")
+        shutil.copyfile(source_dir / name, raw / name)
+    dm = MNISTDataModule(
+        data_dir=str(work_dir), source="test-split", value_range="symmetric", val_size=0, test_size=2000,
+        batch_size=batch_size,
+    )  # fmt: skip
+    dm.setup("fit")
+    return dm
+
+
+def build(args: argparse.Namespace, px_weight: float) -> JEM:
+    torch.manual_seed(args.seed)  # both models start from the same weights
+    net = ConvClassifier(channels=args.channels, hidden=args.hidden, activation="leaky_relu")
+    return JEM(
+        net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, lr=args.lr, warmup_steps=args.warmup,
+        decay_epochs=[], sgld_steps=args.sgld_steps, buffer_size=args.buffer_size, energy_l2=args.energy_l2,
+    )  # fmt: skip
+
+
+def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: DivergenceGuard | None) -> float:
+    L.seed_everything(args.seed, verbose=False)
+    callbacks = [guard] if guard else []
+    trainer = L.Trainer(
+        max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", callbacks=callbacks,
+        limit_val_batches=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(model: JEM, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    probabilities = torch.cat([model.logits(b).softmax(1) for b in x.split(500)])
+    return {
+        "accuracy": float((probabilities.argmax(1) == y).float().mean()),
+        "ece": expected_calibration_error(probabilities, y, num_bins=20),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        dm = mnist_module(Path(args.data_dir), Path(tmp), args.batch_size)
+        x_test, y_test = dm.test_data, dm.test_labels
+        n_train = dm.train_data.shape[0]
+
+        jem, plain = build(args, px_weight=1.0), build(args, px_weight=0.0)
+        guard = DivergenceGuard(max_energy=args.guard_max_energy, lr_factor=args.guard_lr_factor)
+        jem_time = fit(jem, dm, args, guard=guard)
+        plain_time = fit(plain, dm, args, guard=None)
+
+    results: dict[str, object] = {"settings": vars(args), "train_size": n_train, "held_out_size": int(y_test.numel())}
+    results["guard"] = {"recoveries": guard.recoveries, "events": guard.events}
+    results["jem"] = {**evaluate(jem, x_test, y_test), "train_time_s": jem_time,
+                      "train_examples_per_s": args.epochs * n_train / jem_time}  # fmt: skip
+    results["plain"] = {**evaluate(plain, x_test, y_test), "train_time_s": plain_time,
+                        "train_examples_per_s": args.epochs * n_train / plain_time}  # fmt: skip
+
+    torch.manual_seed(args.seed)
+    n = args.num_samples
+    with torch.no_grad():
+        energy = lambda v: float(torch.cat([jem.energy(b) for b in v.split(500)]).mean())  # noqa: E731
+        noise = torch.rand(n, 1, 28, 28) * 2 - 1
+        start = time.perf_counter()
+        buffer_samples = jem.sample(n)
+        sampling_time = time.perf_counter() - start
+        fresh = jem.sample(n, from_buffer=False, steps=args.fresh_steps)
+        labels = torch.arange(10).repeat_interleave(args.per_class)
+        conditional = jem.sample(labels.numel(), y=labels, steps=args.cond_steps)
+        results["energy"] = {
+            "held_out_data": energy(x_test),
+            "buffer_samples": energy(buffer_samples),
+            f"fresh_chains_{args.fresh_steps}_steps": energy(fresh),
+            "uniform_noise": energy(noise),
+        }
+        results["sgld_samples_per_s"] = n / sampling_time
+        results["conditional"] = {
+            "steps": args.cond_steps,
+            "classified_as_requested_by_jem": float((jem.logits(conditional).argmax(1) == labels).float().mean()),
+            "classified_as_requested_by_plain": float((plain.logits(conditional).argmax(1) == labels).float().mean()),
+        }
+        if args.grid:
+            from torchvision.utils import save_image
+
+            save_image((conditional + 1) / 2, args.grid, nrow=args.per_class)
+    return results
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("LIGHTNING_EBM_MNIST", "../shared/data/mnist"))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--sgld-steps", type=int, default=20)
+    parser.add_argument("--energy-l2", type=float, default=0.0)
+    parser.add_argument("--guard-max-energy", type=float, default=1e3)
+    parser.add_argument("--guard-lr-factor", type=float, default=0.5)
+    parser.add_argument("--buffer-size", type=int, default=10_000)
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--fresh-steps", type=int, default=100)
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--cond-steps", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--grid", default="", help="PNG of the conditional samples (one row per class)")
+    parser.add_argument("--out", default="", help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    outcome = run(arguments)
+    text = json.dumps(outcome, indent=2)
+    print(text)
+    if arguments.out:
+        Path(arguments.out).write_text(text + "\n")

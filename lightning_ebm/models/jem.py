@@ -1,0 +1,312 @@
+"""Joint Energy-based Model (JEM): a classifier read as an energy-based model.
+
+W. Grathwohl, K.-C. Wang, J.-H. Jacobsen, D. Duvenaud, M. Norouzi and K. Swersky, "Your Classifier is
+Secretly an Energy Based Model and You Should Treat it Like One", ICLR 2020. Notation and equation
+numbers from J. M. Tomczak, "Deep Generative Modeling", Sec. 6.2-6.4 (``NN_theta = f``).
+
+A classifier ``f: x -> R^K`` (logits) defines the joint ``p(x, y) = exp(f(x)[y]) / Z``, i.e. the
+energy ``E(x, y) = -f(x)[y]`` (6.5-6.7). Its marginal is ``p(x) = exp(LogSumExp_y f(x)[y]) / Z``, so
+
+    E(x) = -LogSumExp_y f(x)[y]                                             (6.10-6.13)
+
+and the conditional ``p(y | x) = softmax(f(x))[y]`` is the usual classifier (6.14-6.16): ``Z`` cancels.
+Training maximises ``log p(x, y) = log p(y | x) + log p(x)`` (6.17-6.19); the gradient of ``log p(x)``
+is ``-grad E(x_data) + E_{x' ~ p}[grad E(x')]`` (6.20-6.23), the expectation estimated by samples of
+stochastic-gradient Langevin dynamics (SGLD)
+
+    x_{t+1} = x_t + alpha * grad_x LogSumExp_y f(x_t)[y] + sigma * eps,    eps ~ N(0, I)   (6.24)
+
+with the step ``alpha`` (1) and the noise ``sigma`` (0.01) decoupled: a biased but fast sampler. The
+loss minimised here (6.29-6.31, with weights) is
+
+    L = w_clf * CE(f(x), y) + w_px * (mean E(x_data) - mean E(x_sgld))
+        [+ w_pxy * (mean E(x_data, y) - mean E(x_sgld_y, y))]
+
+where the optional third term is the class-conditional ``log p(x | y)`` with chains sampling
+``E(x, y)`` from class-labelled buffer slots, and the optional last one the energy-magnitude
+regulariser of Du & Mordatch (2019) (not in JEM; off by default). The chains start from a replay buffer
+(:class:`~lightning_ebm.samplers.ReplayBuffer`: 10,000 states, each draw restarted from ``U(-1, 1)``
+with probability 0.05, final states written back), run with the classifier in evaluation mode, and
+the data gets ``N(0, 0.03^2)`` noise. Adam with a linear warm-up and a step decay, as in the paper.
+
+The buffer is this process's state (:meth:`per_rank_state`): it is in every checkpoint and a resumed
+run continues with it. The original training diverges now and then and was restarted by hand; here
+:class:`~lightning_ebm.callbacks.DivergenceGuard` does that, reading :attr:`JEM.guard_metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.optim import WarmupStepDecay
+from lightning_ebm.samplers.langevin import langevin_dynamics
+from lightning_ebm.samplers.replay import ReplayBuffer
+
+
+class JEM(EnergyBasedModel):
+    """Grathwohl et al. (2020): classifier ``f`` with ``E(x) = -logsumexp_y f(x)[y]``, trained by SGLD.
+
+    Args:
+        classifier: ``f``, mapping a batch ``(B, *data_shape)`` to logits ``(B, num_classes)``.
+        num_classes: number of classes ``K``.
+        data_shape: shape of one example.
+        clf_weight: weight of the cross-entropy ``-log p(y|x)``.
+        px_weight: weight of the generative term ``mean E(x_data) - mean E(x_sgld)`` (0: a plain classifier).
+        pxy_weight: weight of the class-conditional term ``mean E(x, y) - mean E(x_sgld_y, y)``.
+        lr: Adam's learning rate (1e-4).
+        betas: Adam's betas.
+        weight_decay: Adam's L2 weight decay.
+        warmup_steps: optimiser steps of linear learning-rate warm-up (1,000).
+        decay_epochs: epochs at whose start the rate is multiplied by ``decay_rate`` (160, 180).
+        decay_rate: the step-decay factor (0.3).
+        sgld_steps: SGLD steps per training step (20).
+        sgld_step_size: ``alpha`` of (6.24) (1).
+        sgld_noise: ``sigma`` of (6.24) (0.01).
+        buffer_size: states in the replay buffer (10,000); a multiple of ``num_classes``.
+        reinit_prob: probability that a chain restarts from noise (0.05).
+        init_range: ``(low, high)`` of the uniform noise the chains start from (data range, [-1, 1]).
+        data_noise: standard deviation of the Gaussian noise added to training data (0.03).
+        sample_steps: SGLD steps of :meth:`sample` (default ``sgld_steps``).
+        energy_l2: weight ``lambda`` of the regulariser ``lambda * mean(E(x_data)^2 + E(x_sgld)^2)``
+            of Du & Mordatch (2019), which keeps the energies from running away; 0 (JEM) leaves it out.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        num_classes: int = 10,
+        data_shape: Sequence[int] = (3, 32, 32),
+        clf_weight: float = 1.0,
+        px_weight: float = 1.0,
+        pxy_weight: float = 0.0,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 1000,
+        decay_epochs: Sequence[int] = (160, 180),
+        decay_rate: float = 0.3,
+        sgld_steps: int = 20,
+        sgld_step_size: float = 1.0,
+        sgld_noise: float = 0.01,
+        buffer_size: int = 10_000,
+        reinit_prob: float = 0.05,
+        init_range: Sequence[float] = (-1.0, 1.0),
+        data_noise: float = 0.03,
+        sample_steps: int | None = None,
+        energy_l2: float = 0.0,
+    ) -> None:
+        super().__init__(data_shape)
+        self.save_hyperparameters()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if min(clf_weight, px_weight, pxy_weight, energy_l2) < 0:
+            raise ValueError("the loss weights must be 0 or more")
+        if buffer_size % num_classes:
+            raise ValueError(f"buffer_size ({buffer_size}) must be a multiple of num_classes ({num_classes})")
+        if sgld_steps < 1 and (px_weight > 0 or pxy_weight > 0):
+            raise ValueError(f"sgld_steps must be at least 1 when a generative term is trained, got {sgld_steps}")
+        if len(init_range) != 2 or not init_range[0] < init_range[1]:
+            raise ValueError(f"init_range must be (low, high) with low < high, got {list(init_range)}")
+        self.automatic_optimization = False
+        self.classifier = classifier
+        self.num_classes = num_classes
+        self._buffer: ReplayBuffer | None = None
+        #: The last training step's loss and energies, read by :class:`~lightning_ebm.callbacks.DivergenceGuard`.
+        self.guard_metrics: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ the model: f, E(x), E(x, y), p(y|x)
+    def logits(self, x: Tensor) -> Tensor:
+        """``f(x)``, shape ``(batch, num_classes)``; ``softmax(f(x))`` is ``p(y|x)`` (6.16)."""
+        return self.classifier(x)
+
+    def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """``E(x) = -logsumexp_y f(x)[y]`` (6.13), or with ``y`` the joint ``E(x, y) = -f(x)[y]`` (6.5)."""
+        return self.energy_from_logits(self.logits(x), y)
+
+    @staticmethod
+    def energy_from_logits(logits: Tensor, y: Tensor | None = None) -> Tensor:
+        if y is None:
+            return -torch.logsumexp(logits, dim=1)
+        return -logits.gather(1, y.long().view(-1, 1)).squeeze(1)
+
+    # ------------------------------------------------------------------ sampling: SGLD from a replay buffer
+    @property
+    def replay_buffer(self) -> ReplayBuffer:
+        """This process's buffer of chain states (created on first use, on the model's device)."""
+        if self._buffer is None:
+            self._buffer = self._make_buffer()
+        return self._buffer
+
+    def _make_buffer(self, samples: Tensor | None = None) -> ReplayBuffer:
+        hp = self.hparams
+        size = hp.buffer_size if samples is None else samples.shape[0]
+        return ReplayBuffer(
+            size, self.data_shape, hp.reinit_prob, *hp.init_range, hp.num_classes, device=self.device, samples=samples
+        )
+
+    def langevin(self, x: Tensor, y: Tensor | None = None, steps: int | None = None) -> Tensor:
+        """SGLD (6.24) from ``x`` on ``E(x)`` (or ``E(x, y)``), with ``f`` in evaluation mode."""
+        hp = self.hparams
+        steps = hp.sgld_steps if steps is None else steps
+        was_training = self.classifier.training
+        self.classifier.eval()
+        try:
+            return langevin_dynamics(lambda v: self.energy(v, y), x, steps, hp.sgld_step_size, hp.sgld_noise)
+        finally:
+            self.classifier.train(was_training)
+
+    def negative_samples(self, n: int, y: Tensor | None = None) -> Tensor:
+        """Training negatives: ``n`` chains drawn from the buffer (slots of classes ``y`` if given),
+        run for ``sgld_steps`` and written back."""
+        x0, slots = self.replay_buffer.draw(n, y)
+        x = self.langevin(x0, y)
+        self.replay_buffer.write(slots, x)
+        return x
+
+    def sample(
+        self,
+        num_samples: int,
+        y: Tensor | int | Sequence[int] | None = None,
+        steps: int | None = None,
+        from_buffer: bool = True,
+    ) -> Tensor:
+        """Samples of ``p(x)``, or of ``p(x | y)`` with labels ``y`` (an int, or one label per sample).
+
+        Chains start from the replay buffer (class slots for ``y``; with its restart probability)
+        or, with ``from_buffer=False`` or before training, from ``U(init_range)``, and run ``steps``
+        SGLD steps (default ``sample_steps``, else ``sgld_steps``). The buffer is not modified.
+        """
+        hp = self.hparams
+        if y is not None:
+            y = torch.as_tensor(y, device=self.device).long().reshape(-1)
+            y = y.expand(num_samples) if y.numel() == 1 else y
+            if y.numel() != num_samples:
+                raise ValueError(f"{num_samples} samples but {y.numel()} labels")
+            if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+                raise ValueError(f"labels must be in 0..{self.num_classes - 1}")
+        if steps is None:
+            steps = hp.sample_steps if hp.sample_steps is not None else hp.sgld_steps
+        if from_buffer and self._buffer is not None:
+            x0, _ = self.replay_buffer.draw(num_samples, y)
+        else:
+            low, high = hp.init_range
+            x0 = torch.rand(num_samples, *self.data_shape, device=self.device) * (high - low) + low
+        return self.langevin(x0, y, steps)
+
+    # ------------------------------------------------------------------ the loss (6.29-6.31)
+    def objective(
+        self, x: Tensor, y: Tensor, x_sgld: Tensor | None = None, x_sgld_y: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``w_clf CE + w_px (mean E(x) - mean E(x_sgld)) + w_pxy (mean E(x, y) - mean E(x_sgld_y, y))``;
+        the terms whose samples are None are left out."""
+        hp = self.hparams
+        logits = self.logits(x)
+        cross_entropy = F.cross_entropy(logits, y)
+        loss = hp.clf_weight * cross_entropy
+        energy_data = self.energy_from_logits(logits).mean()
+        logs = {
+            "cross_entropy": cross_entropy.detach(),
+            "accuracy": (logits.argmax(1) == y).float().mean(),
+            "energy_data": energy_data.detach(),
+        }
+        if x_sgld is not None:
+            energies_samples = self.energy(x_sgld)
+            energy_samples = energies_samples.mean()
+            loss = loss + hp.px_weight * (energy_data - energy_samples)
+            logs["energy_samples"] = energy_samples.detach()
+            if hp.energy_l2 > 0:
+                square = (self.energy_from_logits(logits).pow(2) + energies_samples.pow(2)).mean()
+                loss = loss + hp.energy_l2 * square
+                logs["energy_l2"] = square.detach()
+        if x_sgld_y is not None:
+            energy_data_y = self.energy_from_logits(logits, y).mean()
+            energy_samples_y = self.energy(x_sgld_y, y).mean()
+            loss = loss + hp.pxy_weight * (energy_data_y - energy_samples_y)
+            logs.update(energy_data_y=energy_data_y.detach(), energy_samples_y=energy_samples_y.detach())
+        return loss, logs
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        hp = self.hparams
+        x, y = self.batch_data(batch), self._labels(batch)
+        if hp.data_noise > 0:
+            x = x + hp.data_noise * torch.randn_like(x)
+        x_sgld = self.negative_samples(x.shape[0]) if hp.px_weight > 0 else None
+        x_sgld_y = self.negative_samples(x.shape[0], y) if hp.pxy_weight > 0 else None
+
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        loss, logs = self.objective(x, y, x_sgld, x_sgld_y)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        log = self.should_log_step
+        if log:
+            logs["grad_norm"] = self.grad_norm(self.classifier.parameters())
+        optimizer.step()
+        scheduler.step()
+
+        energies = ("energy_data", "energy_samples", "energy_data_y", "energy_samples_y")
+        self.guard_metrics = {"loss": loss.detach(), **{k: logs[k] for k in energies if k in logs}}
+        if log:
+            if "energy_samples" in logs:
+                logs["energy_gap"] = logs["energy_samples"] - logs["energy_data"]
+            logs.update(loss=loss.detach(), lr=torch.tensor(optimizer.param_groups[0]["lr"]))
+            self.log_train_metrics(logs, prog_bar=("accuracy", "energy_gap"))
+
+    def _labels(self, batch: Any) -> Tensor:
+        if isinstance(batch, (list, tuple)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
+            return batch[1].long()
+        from lightning_ebm.errors import UserError
+
+        raise UserError(
+            "JEM trains a classifier and needs labelled batches (x, y): use a data module that yields labels "
+            "(MNISTDataModule, CIFAR10DataModule, Toy2DDataModule with labels: true)"
+        )
+
+    def on_train_epoch_start(self) -> None:
+        """Apply the step decay of the new epoch (the schedule's factor depends on the epoch)."""
+        scheduler = self.lr_schedulers()
+        schedule = scheduler.lr_lambdas[0]
+        schedule.epoch = self.current_epoch
+        for group, base in zip(self.optimizers().optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * schedule(scheduler.last_epoch)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(
+            self.classifier.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+        )
+        schedule = WarmupStepDecay(hp.warmup_steps, hp.decay_epochs, hp.decay_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Accuracy, cross-entropy and mean energy of held-out data; on the first batch, the mean
+        energy of as many samples (``val/energy_samples``)."""
+        x = self.batch_data(batch)
+        logits = self.logits(x)
+        self.log("val/energy_data", self.energy_from_logits(logits).mean(), sync_dist=True)
+        if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+            y = batch[1].long()
+            self.log("val/accuracy", (logits.argmax(1) == y).float().mean(), sync_dist=True, prog_bar=True)
+            self.log("val/cross_entropy", F.cross_entropy(logits, y), sync_dist=True)
+        if batch_idx == 0:
+            self.log("val/energy_samples", self.energy(self.sample(x.shape[0])).mean(), sync_dist=True)
+
+    test_step = validation_step
+
+    # ------------------------------------------------------------------ the buffer in checkpoints
+    def per_rank_state(self) -> dict[str, Tensor]:
+        """This process's replay buffer; the checkpoint holds every process's."""
+        return {} if self._buffer is None else {"replay_buffer": self._buffer.samples}
+
+    def load_per_rank_state(self, state: dict[str, Tensor]) -> None:
+        if "replay_buffer" in state:
+            self._buffer = self._make_buffer(state["replay_buffer"].to(self.device, torch.float32).clone())
