@@ -83,6 +83,8 @@ class TensorBatches:
     def sampler(self) -> TensorBatches:
         return self
 
+    batch_sampler = None  # looked up next to ``sampler`` by Lightning's loader checks
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass over the data epoch ``epoch`` (unless a mid-epoch restore is pending)."""
         if self._pending is None:
