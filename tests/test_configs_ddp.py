@@ -97,6 +97,8 @@ NARROW_MEG = [f"--model.init_args.{net}.init_args.hidden" for net in ("energy_ne
 NARROW_CONV_MEG = [x for net in ("energy_net", "generator", "statistics_net")
                    for x in (f"--model.init_args.{net}.init_args.width", "16")]  # fmt: skip
 
+SMALL_JEM = ["--model.init_args.sgld_steps", "2", "--model.init_args.warmup_steps", "1"]
+
 #: Per shipped config: the data it needs, the shrinking overrides, the epochs of the first run.
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str], int]] = {
     "dbm_mnist.yaml": (mnist, [*STACK, "--model.init_args.num_chains", "7", "--model.init_args.eval_mean_field_steps",
@@ -114,6 +116,13 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str], int]] = {
     "meg_mnist_anomaly.yaml": (mnist_anomaly, NARROW_CONV_MEG, 1),
     "meg_stackedmnist3.yaml": (stacked, NARROW_CONV_MEG, 1),
     "meg_stackedmnist4.yaml": (stacked, NARROW_CONV_MEG, 1),
+    "jem_cifar.yaml": (cifar, [*SMALL_JEM, "--model.init_args.buffer_size", "20",
+                               "--model.init_args.classifier.init_args.depth", "10",
+                               "--model.init_args.classifier.init_args.widen_factor", "1"], 1),
+    "jem_mnist.yaml": (mnist, [*SMALL_JEM, "--model.init_args.buffer_size", "20",
+                               "--model.init_args.classifier.init_args.channels", "[4, 8]",
+                               "--model.init_args.classifier.init_args.hidden", "16"], 1),
+    "jem_toy.yaml": (toy, [*SMALL_JEM, "--model.init_args.buffer_size", "80"], 1),
     "mnist_classifier.yaml": (mnist, ["--model.init_args.net.init_args.channels", "[4, 8]",
                                       "--model.init_args.net.init_args.hidden", "16"], 1),
     "meg_toy.yaml": (toy, [x for arg in NARROW_MEG for x in (arg, "[32, 32]")], 1),

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lightning_ebm.datamodules.mnist import MNISTDataModule
-from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
+from lightning_ebm.datamodules.utils import TensorBatches, epoch_of, rank_and_world_size
 from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation.modes import mode_ids
 
@@ -188,7 +188,10 @@ class StackedMNISTDataModule(L.LightningDataModule):
             return []
         rank, world = rank_and_world_size(self.trainer)
         if split == "train":
-            return TensorBatches(stacks, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world)
+            return TensorBatches(
+                stacks, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world,
+                epoch_source=epoch_of(self.trainer),
+            )  # fmt: skip
         return TensorBatches(
             stacks,
             batch_size=min(self.eval_batch_size, stacks.shape[0]),

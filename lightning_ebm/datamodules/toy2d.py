@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import TensorBatches, rank_and_world_size
+from lightning_ebm.datamodules.utils import TensorBatches, epoch_of, rank_and_world_size
 from lightning_ebm.errors import UserError
 
 TOY_NAMES = ("swissroll", "8gaussians", "25gaussians", "rings", "checkerboard", "2spirals")
@@ -177,6 +177,7 @@ class Toy2DDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            epoch_source=epoch_of(self.trainer),
         )
 
     def val_dataloader(self) -> TensorBatches:

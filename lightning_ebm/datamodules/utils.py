@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -12,6 +12,11 @@ from torch import Tensor
 def rank_and_world_size(trainer: Any) -> tuple[int, int]:
     """``(global rank, world size)`` of a data module's trainer, ``(0, 1)`` without one."""
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def epoch_of(trainer: Any) -> Callable[[], int] | None:
+    """For a training loader: a function giving the epoch the trainer is running (None without one)."""
+    return (lambda: int(trainer.current_epoch)) if trainer is not None else None
 
 
 class TensorBatches:
@@ -32,6 +37,10 @@ class TensorBatches:
         drop_last: drop the last incomplete batch.
         seed: base seed of the permutations.
         rank: index of this process; ``world_size`` the number of processes.
+        epoch_source: gives the epoch of the first pass when it starts (:func:`epoch_of` the trainer);
+            later passes count on from it, and without it from 0. A run resumed from a checkpoint
+            written at the end of an epoch then continues with the next epoch's permutation:
+            Lightning restores no loader state at an epoch boundary.
     """
 
     def __init__(
@@ -43,6 +52,7 @@ class TensorBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        epoch_source: Callable[[], int] | None = None,
     ) -> None:
         if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
             raise ValueError("TensorBatches needs tensors with the same, non-zero first dimension")
@@ -54,9 +64,9 @@ class TensorBatches:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.epoch_source = epoch_source
         self._started = False
         self._pending: tuple[int, int] | None = None  # (epoch, first batch) after a restore
-        self._next_epoch: int | None = None  # set by the trainer at the start of each epoch
         self._yielded = 0
 
     def _indices(self) -> Tensor:
@@ -76,29 +86,14 @@ class TensorBatches:
         per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
-    # Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at the start of every epoch; this makes a
-    # run resumed from a checkpoint written at the end of an epoch (where Lightning does not restore
-    # the loader's state) continue with the next epoch's permutation instead of epoch 0's.
-    @property
-    def sampler(self) -> TensorBatches:
-        return self
-
-    batch_sampler = None  # looked up next to ``sampler`` by Lightning's loader checks
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass over the data epoch ``epoch`` (unless a mid-epoch restore is pending)."""
-        if self._pending is None:
-            self._next_epoch = int(epoch)
-
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, ...]]:
         if self._pending is not None:
             (self.epoch, start), self._pending = self._pending, None
-        elif self._next_epoch is not None:
-            self.epoch, start = self._next_epoch, 0
+        elif not self._started and self.epoch_source is not None:
+            self.epoch, start = self.epoch_source(), 0  # the first pass of a run, maybe a resumed one
         else:
             self.epoch += int(self._started)
             start = 0
-        self._next_epoch = None
         self._started = True
         self._yielded = start
         order = self._indices()
@@ -130,8 +125,9 @@ class LabelledTensorLoaders:
         assert self.train_data is not None and self.train_labels is not None, "call setup() first"
         rank, world = rank_and_world_size(self.trainer)
         return TensorBatches(
-            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world
-        )
+            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank,
+            world_size=world, epoch_source=epoch_of(self.trainer),
+        )  # fmt: skip
 
     def _eval_loader(self, x: Tensor | None, y: Tensor | None) -> TensorBatches | list:
         assert x is not None and y is not None, "call setup() first"
