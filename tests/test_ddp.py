@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from helpers.data import fake_mnist, kdd_lines, write_kdd
+from helpers.ddp_cli import fit_two_processes
 
 from lightning_ebm.models import DEM, MEG
 
@@ -125,27 +126,16 @@ def test_meg_trains_under_two_process_ddp_and_scores_the_whole_split(tmp_path: P
     network's update are averaged (identical parameters on both ranks), and the anomaly metrics are
     those of the whole validation split (every rank's scores gathered), so both ranks log the same."""
     write_kdd(tmp_path / "data", kdd_lines(2400))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [
-        sys.executable, "-m", "lightning_ebm", "fit", "--config", "meg_kdd99",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.data_dir", str(tmp_path / "data"),
+    params, metrics = fit_two_processes(
+        tmp_path, "meg_kdd99",
+        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+         "--data.data_dir", str(tmp_path / "data"),
         "--data.batch_size", "64", "--data.eval_batch_size", "50", "--model.init_args.data_shape", "[51]",
         "--model.init_args.energy_net.init_args.in_features", "51",
         "--model.init_args.generator.init_args.out_features", "51",
         "--model.init_args.statistics_net.init_args.data_features", "51",
-        "--trainer.callbacks+=helpers.callbacks.ParameterDigest",
-        "--trainer.callbacks.dirpath", str(tmp_path / "digest"),
-        "--trainer.callbacks+=helpers.callbacks.MetricsDigest",
-        "--trainer.callbacks.dirpath", str(tmp_path / "digest"),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    params = [json.loads((tmp_path / "digest" / f"rank{r}.json").read_text()) for r in range(2)]
+    )  # fmt: skip
     assert params[0]["_world_size"] == 2 and params[0] == params[1]
-    metrics = [json.loads((tmp_path / "digest" / f"metrics{r}.json").read_text()) for r in range(2)]
     assert metrics[0] == metrics[1] and "val/anomaly/gradient_norm/f1" in metrics[0]
     ckpt = tmp_path / "meg_kdd99" / "version_0" / "checkpoints" / "last.ckpt"
     model = MEG.load_from_checkpoint(ckpt)

@@ -3,11 +3,7 @@ checkpoints and under DDP, the divergence guard, calibration and OOD metrics, th
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from helpers.data import real_mnist_dir
+from helpers.ddp_cli import fit_two_processes
 from torch import Tensor, nn
 
 from lightning_ebm.callbacks import DivergenceGuard
@@ -479,25 +476,13 @@ def test_jem_mnist_yaml_on_the_real_mnist_test_split(tmp_path: Path) -> None:
 
 
 def test_jem_toy_under_two_process_ddp_keeps_per_rank_buffers(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [
-        sys.executable, "-m", "lightning_ebm", "fit", "--config", "jem_toy",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+    params, metrics = fit_two_processes(
+        tmp_path, "jem_toy",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
-        "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.check_val_every_n_epoch", "1",
         "--data.num_samples", "2048", "--model.init_args.buffer_size", "160",
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--trainer.callbacks+=helpers.callbacks.ParameterDigest",
-        "--trainer.callbacks.dirpath", str(tmp_path / "digest"),
-        "--trainer.callbacks+=helpers.callbacks.MetricsDigest",
-        "--trainer.callbacks.dirpath", str(tmp_path / "digest"),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    params = [json.loads((tmp_path / "digest" / f"rank{r}.json").read_text()) for r in range(2)]
+    )  # fmt: skip
     assert params[0]["_world_size"] == 2 and params[0] == params[1]
-    metrics = [json.loads((tmp_path / "digest" / f"metrics{r}.json").read_text()) for r in range(2)]
     assert metrics[0] == metrics[1] and "val/calibration/ece" in metrics[0] and "val/ood/log_px/auroc" in metrics[0]
     state = torch.load(tmp_path / "jem_toy" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     buffers = state["per_rank_state"]["replay_buffer"]
