@@ -16,7 +16,7 @@ def rank_and_world_size(trainer: Any) -> tuple[int, int]:
 
 def epoch_of(trainer: Any) -> Callable[[], int] | None:
     """For a training loader: a function giving the epoch the trainer is running (None without one)."""
-    return (lambda: int(trainer.current_epoch)) if trainer is not None else None
+    return (lambda: int(getattr(trainer, "current_epoch", 0))) if trainer is not None else None
 
 
 class TensorBatches:
