@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.callbacks.utils import is_due, log_figure
+from lightning_ebm.callbacks.utils import EvaluationCollector, log_figure
 from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation.anomaly import SCORES, anomaly_metrics, anomaly_scores
 
@@ -27,7 +27,7 @@ def gather_ragged(trainer: L.Trainer, value: Tensor) -> Tensor:
     return torch.cat([gathered[r, : int(n)] for r, n in enumerate(lengths)])
 
 
-class AnomalyDetection(L.Callback):
+class AnomalyDetection(EvaluationCollector):
     """Score labelled validation / test batches ``(x, y)`` (``y = 1``: anomaly) and log the metrics.
 
     For every score in ``scores`` (``gradient_norm``: ``||grad_x E(x)||^2``, ``energy``: ``E(x)``; see
@@ -64,7 +64,7 @@ class AnomalyDetection(L.Callback):
         self._active = active
         self._collected = {name: [] for name in (*self.scores, "labels")}
 
-    def _collect(self, pl_module: L.LightningModule, batch: Any) -> None:
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:
         if not self._active:
             return
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
@@ -76,18 +76,6 @@ class AnomalyDetection(L.Callback):
         for score in self.scores:
             self._collected[score].append(anomaly_scores(pl_module.energy, x, score).float())
         self._collected["labels"].append(y.detach().flatten().float())
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(is_due(trainer, self.every_n_epochs))
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(True)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        self._collect(pl_module, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        self._collect(pl_module, batch)
 
     # ------------------------------------------------------------------ metrics
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -9,12 +9,12 @@ import torch
 from torch import Tensor
 
 from lightning_ebm.callbacks.anomaly import gather_ragged
-from lightning_ebm.callbacks.utils import is_due, log_figure
+from lightning_ebm.callbacks.utils import EvaluationCollector, log_figure
 from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation.calibration import calibration_bins, expected_calibration_error, reliability_diagram
 
 
-class Calibration(L.Callback):
+class Calibration(EvaluationCollector):
     """On labelled validation / test batches ``(x, y)``: accuracy, ECE and a reliability diagram.
 
     Logs ``<stage>/calibration/accuracy`` and ``<stage>/calibration/ece`` (a fraction) and writes the
@@ -42,7 +42,7 @@ class Calibration(L.Callback):
         self._active, self._probabilities, self._labels = active, [], []
 
     @torch.no_grad()
-    def _collect(self, pl_module: L.LightningModule, batch: Any) -> None:
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:
         if not self._active:
             return
         if not hasattr(pl_module, "logits"):
@@ -53,18 +53,6 @@ class Calibration(L.Callback):
             raise UserError("Calibration needs labelled batches (x, y); this data module's batches have no labels")
         self._probabilities.append(pl_module.logits(batch[0]).float().softmax(1))
         self._labels.append(batch[1].flatten())
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(is_due(trainer, self.every_n_epochs))
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(True)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        self._collect(pl_module, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        self._collect(pl_module, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(trainer, pl_module, "val")

@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 
 from lightning_ebm.callbacks.anomaly import gather_ragged
-from lightning_ebm.callbacks.utils import is_due
+from lightning_ebm.callbacks.utils import EvaluationCollector
 from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation.ood import OOD_SCORES, ood_auroc, ood_scores
 
 
-class OODDetection(L.Callback):
+class OODDetection(EvaluationCollector):
     """AUROC of telling the validation (or test) data from an out-of-distribution data set.
 
     For each score (``log_px``, ``max_prob``, ``neg_grad_norm``; see
@@ -80,18 +80,6 @@ class OODDetection(L.Callback):
         for name, value in self._score(pl_module, x).items():
             self._collected[name].append(value)
         self._count += x.shape[0]
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(is_due(trainer, self.every_n_epochs))
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(True)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        self._collect(trainer, pl_module, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        self._collect(trainer, pl_module, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(trainer, pl_module, "val")

@@ -98,3 +98,30 @@ def is_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
 def should_run(trainer: L.Trainer, every_n_epochs: int) -> bool:
     """True on rank 0 every ``every_n_epochs`` epochs, and at the last epoch."""
     return trainer.is_global_zero and is_due(trainer, every_n_epochs)
+
+
+class EvaluationCollector(L.Callback):
+    """Base of the callbacks that score every validation / test batch and compute their metrics over
+    the whole split: validation epochs collect when ``is_due`` (every ``every_n_epochs``), test
+    epochs always. Subclasses implement ``_start(active)``, ``_collect(trainer, pl_module, batch)``
+    and their own ``on_validation_epoch_end`` / ``on_test_epoch_end``."""
+
+    every_n_epochs: int = 1
+
+    def _start(self, active: bool) -> None:
+        raise NotImplementedError
+
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:
+        raise NotImplementedError
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(is_due(trainer, self.every_n_epochs))
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self._collect(trainer, pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self._collect(trainer, pl_module, batch)
