@@ -101,7 +101,6 @@ class DEM(EnergyBasedModel):
         self.last_acceptance_rate: Tensor | None = None
         self.energy_net = ProductOfExpertsEnergy(feature_net, self.data_shape, num_experts, sigma, learn_sigma)
         self.generator = generator
-        self._one_energy_pass = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.energy_net.modules())
 
     # ------------------------------------------------------------------ the contract
     def energy(self, x: Tensor) -> Tensor:
@@ -155,12 +154,9 @@ class DEM(EnergyBasedModel):
         penalty_weight = self.hparams.gradient_penalty
         if penalty_weight > 0:
             x = x.detach().requires_grad_(True)
-        if self._one_energy_pass:  # one forward/backward pass over data and samples together
-            energies, energies_fake = self.energy(torch.cat([x, x_fake])).split([x.shape[0], x_fake.shape[0]])
-        else:  # batch norm in the energy: data and samples keep their own batch statistics
-            energies, energies_fake = self.energy(x), self.energy(x_fake)
+        energies = self.energy(x)
         energy_data = energies.mean()
-        energy_fake = energies_fake.mean()
+        energy_fake = self.energy(x_fake).mean()
         loss = energy_data - energy_fake
         logs = {"energy_data": energy_data.detach(), "energy_samples": energy_fake.detach()}
         if penalty_weight > 0:
@@ -214,10 +210,7 @@ class DEM(EnergyBasedModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
         cls = _OPTIMIZERS[hp.optimizer]
-        # foreach: one kernel per step for all parameters (PyTorch uses it by default on GPUs only)
-        extra: dict[str, Any] = {"foreach": True}
-        if hp.optimizer == "adam":
-            extra["betas"] = (0.5, 0.999)
+        extra: dict[str, Any] = {"betas": (0.5, 0.999)} if hp.optimizer == "adam" else {}
         opt_energy = cls(self.energy_net.parameters(), lr=hp.energy_lr, weight_decay=hp.energy_weight_decay, **extra)
         opt_generator = cls(self.generator.parameters(), lr=hp.generator_lr, **extra)
         return [opt_energy, opt_generator]
