@@ -12,8 +12,10 @@ one thread (``--threads 1``) it is the fairest CPU comparison.
 
 Reference columns (printed when given):
 
-* ``--sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, float32 input) on data of the
-  ``rbm_mnist_pcd`` shape and batch, for the ratio of our PCD-1 (``rbm_mnist_pcd.yaml``);
+* ``--sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, float32 input, its BLAS limited to
+  ``--threads``) on data of the ``rbm_mnist_pcd`` shape and batch, for the ratio of our PCD-1
+  (``rbm_mnist_pcd.yaml``): timed right before and right after that config's row (alternating, so
+  that both see the same load), the ratio against the mean of the two;
 * ``--reference FILE.json``: one JSON object per line ``{"task": "kdd99"|"toy", "samples_per_s": ...}``
   from timing the MEG authors' code on the same machine (README: how), for the ratios of
   ``meg_kdd99.yaml`` and ``meg_toy.yaml``.
@@ -188,10 +190,17 @@ def main() -> None:
             if line.strip():
                 entry = json.loads(line)
                 references.setdefault(entry["task"], []).append(entry)
-    sklearn = sklearn_rate(args) if args.sklearn else None
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)  # scikit-learn's BLAS too
     rows = []
     for label in args.configs:
+        sklearn = sklearn_rate(args) if args.sklearn and label == "rbm_mnist_pcd" else None
         row = measure(label, args)
+        if sklearn:
+            after = sklearn_rate(args)
+            sklearn = ((sklearn[0] + after[0]) / 2, (sklearn[1] + after[1]) / 2)
         task = REFERENCE_TASK.get(label)
         if task in references and "samples_per_s" in row:
             ref = statistics.median(e["samples_per_s"] for e in references[task])
