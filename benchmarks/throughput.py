@@ -46,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
 from lightning_ebm.cli import EBMCLI, resolve_config_args, shipped_configs  # noqa: E402
+from lightning_ebm.datamodules import TensorBatches  # noqa: E402
 
 #: Ranges of the synthetic data per config family; the rest is Gaussian.
 BINARY = ("rbm_", "dbn_", "dbm_")
@@ -74,8 +75,10 @@ class Synthetic(L.LightningDataModule):
         else:
             self.train_data = torch.randn(size, generator=g)
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.train_data, batch_size=self.batch_size, shuffle=False)
+    def train_dataloader(self) -> TensorBatches:
+        """Whole batches sliced at once, as the shipped data modules serve them (a ``DataLoader`` over
+        the tensor would collate every batch example by example)."""
+        return TensorBatches(self.train_data, batch_size=self.batch_size, shuffle=False)
 
 
 class Timer(L.Callback):
