@@ -12,8 +12,10 @@ one thread (``--threads 1``) it is the fairest CPU comparison.
 
 Reference columns (printed when given):
 
-* ``--sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, float32 input) on data of the
-  ``rbm_mnist_pcd`` shape and batch, for the ratio of our PCD-1 (``rbm_mnist_pcd.yaml``);
+* ``--sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, float32 input, its BLAS limited to
+  ``--threads``) on data of the ``rbm_mnist_pcd`` shape and batch, for the ratio of our PCD-1
+  (``rbm_mnist_pcd.yaml``): timed right before and right after that config's row (alternating, so
+  that both see the same load), the ratio against the mean of the two;
 * ``--reference FILE.json``: one JSON object per line ``{"task": "kdd99"|"toy", "samples_per_s": ...}``
   from timing the MEG authors' code on the same machine (README: how), for the ratios of
   ``meg_kdd99.yaml`` and ``meg_toy.yaml``.
@@ -44,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
 from lightning_ebm.cli import EBMCLI, resolve_config_args, shipped_configs  # noqa: E402
+from lightning_ebm.datamodules import TensorBatches  # noqa: E402
 
 #: Ranges of the synthetic data per config family; the rest is Gaussian.
 BINARY = ("rbm_", "dbn_", "dbm_")
@@ -72,8 +75,10 @@ class Synthetic(L.LightningDataModule):
         else:
             self.train_data = torch.randn(size, generator=g)
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.train_data, batch_size=self.batch_size, shuffle=False)
+    def train_dataloader(self) -> TensorBatches:
+        """Whole batches sliced at once, as the shipped data modules serve them (a ``DataLoader`` over
+        the tensor would collate every batch example by example)."""
+        return TensorBatches(self.train_data, batch_size=self.batch_size, shuffle=False)
 
 
 class Timer(L.Callback):
@@ -188,10 +193,17 @@ def main() -> None:
             if line.strip():
                 entry = json.loads(line)
                 references.setdefault(entry["task"], []).append(entry)
-    sklearn = sklearn_rate(args) if args.sklearn else None
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)  # scikit-learn's BLAS too
     rows = []
     for label in args.configs:
+        sklearn = sklearn_rate(args) if args.sklearn and label == "rbm_mnist_pcd" else None
         row = measure(label, args)
+        if sklearn:
+            after = sklearn_rate(args)
+            sklearn = ((sklearn[0] + after[0]) / 2, (sklearn[1] + after[1]) / 2)
         task = REFERENCE_TASK.get(label)
         if task in references and "samples_per_s" in row:
             ref = statistics.median(e["samples_per_s"] for e in references[task])

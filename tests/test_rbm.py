@@ -160,7 +160,7 @@ def test_one_step_is_sgd_with_momentum_and_weight_decay_on_w_only() -> None:
     for _ in range(2):
         v = next(loader)
         with torch.no_grad():
-            v_model = hand.negative_phase(v)
+            v_model, _ = hand.negative_phase(v)
         grads = torch.autograd.grad(hand.cd_loss(v, v_model), list(hand.parameters()))
         with torch.no_grad():
             for (name, p), g in zip(hand.named_parameters(), grads):
@@ -205,9 +205,11 @@ def test_pcd_chains_persist_and_go_into_the_checkpoint(tmp_path) -> None:
     assert rbm.persistent_chains is not None and rbm.persistent_chains.shape == (13, 9)
     path = tmp_path / "pcd.ckpt"
     t.save_checkpoint(path)
-    assert torch.load(path, weights_only=True)["per_rank_state"]["persistent_chains"].shape == (1, 13, 9)
+    saved = torch.load(path, weights_only=True)["per_rank_state"]
+    assert saved["persistent_chains"].shape == (1, 13, 9) and saved["persistent_hidden"].shape == (1, 13, 6)
     restored = RBM.load_from_checkpoint(path)
     torch.testing.assert_close(restored.persistent_chains, rbm.persistent_chains)
+    torch.testing.assert_close(restored.persistent_hidden, rbm.persistent_hidden)
     torch.testing.assert_close(restored.W, rbm.W)
 
 
@@ -233,6 +235,7 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path, method: str) -> Non
         torch.testing.assert_close(getattr(resumed, name), p, msg=name)
     if method == "pcd":
         torch.testing.assert_close(resumed.persistent_chains, full.persistent_chains)
+        torch.testing.assert_close(resumed.persistent_hidden, full.persistent_hidden)
 
 
 def test_exact_log_partition_refuses_large_layers() -> None:
@@ -244,14 +247,79 @@ def test_exact_log_partition_refuses_large_layers() -> None:
 
 
 @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
-def test_closed_form_surrogate_has_the_gradient_of_the_free_energy_difference(visible: str) -> None:
+def test_closed_form_gradients_are_the_gradient_of_the_free_energy_difference(visible: str) -> None:
     rbm = random_rbm(6, 5, scale=0.5, visible=visible, sigma=0.7)
     v_data = torch.bernoulli(torch.full((7, 6), 0.4, dtype=torch.float64))
     v_model = torch.rand(5, 6, dtype=torch.float64)  # as many persistent chains as the user chose
     params = [rbm.W, rbm.visible_bias, rbm.hidden_bias]
     expected = torch.autograd.grad(rbm.cd_loss(v_data, v_model), params)
-    for got, want in zip(torch.autograd.grad(rbm.cd_surrogate(v_data, v_model), params), expected):
-        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        rbm.cd_gradients(v_data, rbm.hidden_probs(v_data), v_model, rbm.hidden_probs(v_model))
+    for param, want in zip(params, expected):
+        torch.testing.assert_close(param.grad, want)
+
+
+def test_closed_form_sparsity_gradients_are_those_of_the_sparsity_term() -> None:
+    """The closed-form sparsity term (added to the CD gradient) equals autograd of ``sparsity_loss``
+    (whose gradient ``test_sparsity_term_gradient_is_hintons_rule`` checks by hand), with the DBM's
+    doubled bottom-up input too, and updates the running activity the same way."""
+    for scale in (1.0, 2.0):
+        rbm = random_rbm(5, 3, sparsity_target=0.1, sparsity_cost=0.5, sparsity_decay=0.6, bottom_up_scale=scale)
+        twin = random_rbm(5, 3, sparsity_target=0.1, sparsity_cost=0.5, sparsity_decay=0.6, bottom_up_scale=scale)
+        twin.load_state_dict(rbm.state_dict())
+        v = torch.bernoulli(torch.full((8, 5), 0.5, dtype=torch.float64))
+        twin.sparsity_loss(v).backward()
+        with torch.no_grad():
+            for p in (rbm.W, rbm.hidden_bias):
+                p.grad = torch.zeros_like(p)
+            rbm.sparsity_gradients(v, rbm.hidden_probs(v))
+        torch.testing.assert_close(rbm.W.grad, twin.W.grad)
+        torch.testing.assert_close(rbm.hidden_bias.grad, twin.hidden_bias.grad)
+        torch.testing.assert_close(rbm.hidden_activity, twin.hidden_activity)
+
+
+def test_pcd_updates_are_hand_derived_pcd_with_hidden_chain_states() -> None:
+    """Two PCD-2 updates through Lightning against the same updates written out by hand: the chains
+    continue from their hidden states (Tieleman 2008), each update runs k sweeps ``h -> v -> h`` and
+    keeps the last visible states and a hidden sample of the last ``p(h | v)``; the parameters take
+    SGD steps with momentum and weight decay on ``W`` (Hinton 2010, section 9), learning rate decayed
+    linearly per update."""
+    sigmoid = torch.sigmoid
+    data = torch.bernoulli(torch.full((20, 6), 0.3))
+    chains = torch.bernoulli(torch.full((5, 6), 0.5))
+    lr, m, wd, k = 0.1, 0.5, 0.01, 2
+    L.seed_everything(0)
+    rbm = RBM(6, 4, method="pcd", k=k, num_chains=5, lr=lr, momentum=m, weight_decay=wd, lr_decay="linear",
+              init_std=0.3, init_visible_bias=False, num_filters=0)  # fmt: skip
+    W, b, c = (t.detach().clone() for t in (rbm.W, rbm.visible_bias, rbm.hidden_bias))
+    rbm.persistent_chains = chains.clone()
+    torch.manual_seed(1)
+    trainer(1, limit_train_batches=2).fit(rbm, datamodule=TensorData(data, batch_size=10))
+
+    torch.manual_seed(1)
+    loader = iter(torch.utils.data.DataLoader(data, batch_size=10, shuffle=True))
+    first = next(loader)
+    h = (torch.rand(5, 4) < sigmoid(c + chains @ W)).float()  # the chains' hidden states, drawn once
+    velocity = [torch.zeros_like(W), torch.zeros_like(b), torch.zeros_like(c)]
+    for step, v_data in enumerate([first, next(loader)]):
+        p_data = sigmoid(c + v_data @ W)
+        for _ in range(k):
+            v = (torch.rand(5, 6) < sigmoid(b + h @ W.t())).float()
+            p = sigmoid(c + v @ W)
+            h = (torch.rand(5, 4) < p).float()  # after the last sweep: the state kept for the next update
+        grads = [
+            -(v_data.t() @ p_data / 10 - v.t() @ p / 5) + wd * W,
+            -(v_data.mean(0) - v.mean(0)),
+            -(p_data.mean(0) - p.mean(0)),
+        ]
+        rate = lr * (1 - step / 2)  # 2 updates in the run
+        for i, (param, grad) in enumerate(zip((W, b, c), grads)):
+            velocity[i] = m * velocity[i] + grad if step else grad
+            param -= rate * velocity[i]
+    for name, want in (("W", W), ("visible_bias", b), ("hidden_bias", c)):
+        torch.testing.assert_close(getattr(rbm, name).detach(), want, msg=name)
+    torch.testing.assert_close(rbm.persistent_chains, v)
+    torch.testing.assert_close(rbm.persistent_hidden, h)
 
 
 def test_chains_saved_by_another_number_of_processes_are_pooled_and_shared_out() -> None:
@@ -263,6 +331,7 @@ def test_chains_saved_by_another_number_of_processes_are_pooled_and_shared_out()
     rbm = RBM(9, 6, method="pcd", num_filters=0)
     rbm.on_load_checkpoint({"per_rank_state": {"persistent_chains": saved}})
     torch.testing.assert_close(rbm.persistent_chains, saved.reshape(14, 9))
+    assert rbm.persistent_hidden is None  # a checkpoint without hidden states: drawn from p(h | v) later
     for rank in (0, 1):
         rbm = RBM(9, 6, method="pcd", num_filters=0)
         rbm._trainer = SimpleNamespace(global_rank=rank, world_size=2)

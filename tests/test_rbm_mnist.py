@@ -5,7 +5,9 @@ Skipped where the real files are absent (a fresh clone)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -101,12 +103,13 @@ def carve(tmp_path: Path, num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
     return dm.train_data[:num_train], dm.test_data
 
 
-def fit_ours(train: torch.Tensor, n_hidden: int, epochs: int) -> RBM:
-    """rbm_mnist_pcd.yaml's recipe (PCD-1, learning rate decayed linearly to zero, no momentum) with
-    scikit-learn's batches of 10, which suit a data set this small."""
+def fit_ours(train: torch.Tensor, n_hidden: int, epochs: int, batch_size: int = 10, **recipe: Any) -> RBM:
+    """rbm_mnist_pcd.yaml's recipe (PCD-1, learning rate 0.05 decayed linearly to zero, no momentum,
+    weight decay 2e-4); by default with scikit-learn's batches of 10, which suit a data set this small."""
     L.seed_everything(0)
-    rbm = RBM(784, n_hidden, method="pcd", k=1, lr=0.05, lr_decay="linear", momentum=0.0, final_momentum=0.0)
-    loader = torch.utils.data.DataLoader(train, batch_size=10, shuffle=True)
+    rbm = RBM(784, n_hidden, method="pcd", k=1, lr=0.05, lr_decay="linear", momentum=0.0, final_momentum=0.0,
+              num_filters=0, **recipe)  # fmt: skip
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True)
     trainer = L.Trainer(
         max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
@@ -115,11 +118,17 @@ def fit_ours(train: torch.Tensor, n_hidden: int, epochs: int) -> RBM:
     return rbm
 
 
-def fit_sklearn(train: torch.Tensor, n_hidden: int, epochs: int) -> RBM:
-    """scikit-learn's BernoulliRBM with its defaults (PCD-1, batches of 10, learning rate 0.1), as an RBM."""
+def fit_sklearn(
+    train: torch.Tensor, n_hidden: int, epochs: int, batch_size: int = 10, learning_rate: float = 0.1
+) -> RBM:
+    """scikit-learn's BernoulliRBM (PCD-1) with its defaults (batches of 10, learning rate 0.1) unless
+    given, as an RBM."""
     from sklearn.neural_network import BernoulliRBM
 
-    sk = BernoulliRBM(n_components=n_hidden, n_iter=epochs, random_state=0).fit(train.numpy())
+    sk = BernoulliRBM(
+        n_components=n_hidden, learning_rate=learning_rate, batch_size=batch_size, n_iter=epochs, random_state=0
+    )
+    sk.fit(train.numpy())
     rbm = RBM(784, n_hidden)
     with torch.no_grad():
         rbm.W.copy_(torch.from_numpy(sk.components_.T.copy()))
@@ -128,34 +137,80 @@ def fit_sklearn(train: torch.Tensor, n_hidden: int, epochs: int) -> RBM:
     return rbm
 
 
-def test_beats_sklearn_by_exact_log_likelihood_and_ais_is_exact_on_both(tmp_path: Path) -> None:
+def test_beats_sklearn_by_exact_log_likelihood(tmp_path: Path) -> None:
     """16 hidden units, so that log Z is exact (2^16 hidden states): no estimator between the two
-    methods. AIS with the full schedule must then agree with the exact value on both trained models."""
+    methods."""
     pytest.importorskip("sklearn")
     train, test = carve(tmp_path, 8000)
     scores = {}
     for name, fit in (("ours", fit_ours), ("sklearn", fit_sklearn)):
         rbm = fit(train, 16, 10)
-        exact = exact_log_partition(rbm)
-        estimate = estimate_log_partition(rbm, num_chains=300, data=train, seed=0)
-        assert abs(estimate.estimate - exact) < 0.1, (name, estimate, exact)
-        scores[name] = float(log_likelihood(rbm, test, exact).mean())
+        scores[name] = float(log_likelihood(rbm, test, exact_log_partition(rbm)).mean())
     assert scores["ours"] >= scores["sklearn"], scores
 
 
 @pytest.mark.slow
-def test_beats_sklearn_at_500_hidden_units_by_ais(tmp_path: Path) -> None:
-    """The issue's comparison at full width: 784 x 500, 10 epochs, both measured by our AIS
-    (14,500 betas, 100 chains)."""
+def test_ais_is_exact_on_both_trained_784x16_rbms(tmp_path: Path) -> None:
+    """AIS with the full schedule agrees with the exact log Z within 0.1 nats on both models of
+    :func:`test_beats_sklearn_by_exact_log_likelihood`. 1,000 chains: on these models the +-3 std
+    interval of 300 chains is +-0.3 to +-0.5 nats wide, so that 0.1 would hold or not by chance
+    (about 110 s per model on one thread)."""
+    pytest.importorskip("sklearn")
+    train, _ = carve(tmp_path, 8000)
+    for name, fit in (("ours", fit_ours), ("sklearn", fit_sklearn)):
+        rbm = fit(train, 16, 10)
+        exact = exact_log_partition(rbm)
+        estimate = estimate_log_partition(rbm, num_chains=1000, data=train, seed=0)
+        print(
+            f"{name}: exact log Z {exact:.3f}, AIS {estimate.estimate:.3f} [{estimate.lower:.3f}, "
+            f"{estimate.upper:.3f}], effective sample size {estimate.effective_sample_size:.0f} of 1000"
+        )
+        assert abs(estimate.estimate - exact) < 0.1, (name, estimate, exact)
+
+
+#: The AIS runs of the 784 x 500 comparison: Salakhutdinov & Murray's 14,500 betas, and twice as
+#: many as the cross-check, 100 chains each, independent seeds.
+AIS_RUNS = ((14_500, 0), (29_000, 1))
+#: Fewest effective samples (of 100 chains) for an AIS estimate to count as reliable.
+MIN_EFFECTIVE_SAMPLE_SIZE = 10.0
+
+
+@pytest.mark.slow
+def test_beats_sklearn_at_500_hidden_units_by_reliable_ais(tmp_path: Path) -> None:
+    """The issue's comparison at full width: 784 x 500, 10 epochs, batches of 100 and learning rate
+    0.05 for both (with scikit-learn's default batches of 10, its 8,000 updates give hidden inputs in
+    the tens and AIS weights with an effective sample size of 1 of 100: no estimate at all), both
+    measured by our AIS.
+
+    The estimate must be reliable: for each model, each of two independent AIS runs (14,500 and 29,000
+    betas) has an effective sample size of at least 10 of its 100 chains and the two runs' ``+-3`` std
+    intervals overlap. The comparison must hold across those intervals: our test log-likelihood with
+    the highest log Z of both runs' intervals beats scikit-learn's with the lowest."""
     pytest.importorskip("sklearn")
     train, test = carve(tmp_path, 8000)
-    scores = {}
-    for name, fit in (("ours", fit_ours), ("sklearn", fit_sklearn)):
-        rbm = fit(train, 500, 10)
-        estimate = estimate_log_partition(rbm, num_chains=100, data=train, seed=0)
-        scores[name] = float(log_likelihood(rbm, test, estimate).mean())
-        print(
-            f"{name}: test log-likelihood {scores[name]:.2f} nats, log Z {estimate.estimate:.2f} "
-            f"[{estimate.lower:.2f}, {estimate.upper:.2f}], effective sample size {estimate.effective_sample_size:.1f}"
-        )
-    assert scores["ours"] >= scores["sklearn"], scores
+    worst, best = {}, {}
+    fits = {
+        "ours": lambda: fit_ours(train, 500, 10, batch_size=100),  # rbm_mnist_pcd.yaml's recipe
+        "sklearn": lambda: fit_sklearn(train, 500, 10, batch_size=100, learning_rate=0.05),
+    }
+    for name, fit in fits.items():
+        rbm = fit()
+        free_energy = -float(log_likelihood(rbm, test, 0.0).mean())  # mean F(v) of the test images
+        runs = []
+        for num_betas, seed in AIS_RUNS:
+            start = time.perf_counter()
+            estimate = estimate_log_partition(rbm, num_chains=100, betas=num_betas, data=train, seed=seed)
+            runs.append(estimate)
+            print(
+                f"{name}: {num_betas} betas: log Z {estimate.estimate:.2f} [{estimate.lower:.2f}, "
+                f"{estimate.upper:.2f}], effective sample size {estimate.effective_sample_size:.1f} of 100, "
+                f"test log-likelihood {-free_energy - estimate.estimate:.2f} nats "
+                f"[{-free_energy - estimate.upper:.2f}, {-free_energy - estimate.lower:.2f}] "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
+            assert estimate.effective_sample_size >= MIN_EFFECTIVE_SAMPLE_SIZE, (name, num_betas, estimate)
+        first, second = runs
+        assert max(first.lower, second.lower) <= min(first.upper, second.upper), (name, first, second)
+        worst[name] = -free_energy - max(r.upper for r in runs)
+        best[name] = -free_energy - min(r.lower for r in runs)
+    assert worst["ours"] >= best["sklearn"], (worst, best)

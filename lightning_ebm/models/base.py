@@ -138,6 +138,19 @@ class EnergyBasedModel(NetworkModule, ABC):
         grads = [p.grad.detach().flatten() for p in parameters if p.grad is not None]
         return torch.linalg.vector_norm(torch.cat(grads)) if grads else torch.zeros(())
 
+    def average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
+        """Average the ``.grad`` of ``parameters`` over the processes (one all-reduce), for updates
+        whose gradients are written in closed form rather than by ``manual_backward`` (which DDP
+        averages itself). Nothing to do on one process."""
+        if self._trainer is None or self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        flat.div_(self.trainer.world_size)
+        for grad, average in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            grad.copy_(average)
+
     def log_train_metrics(self, metrics: dict[str, Tensor], prog_bar: Sequence[str] = ()) -> None:
         """Log ``metrics`` as ``train/<name>`` for this step (call it only when :attr:`should_log_step`)."""
         for name, value in metrics.items():

@@ -22,8 +22,11 @@ The layers are conditionally independent given each other, which is what block G
 The log-likelihood gradient is ``-dF(v_data)/dtheta + E_model[dF(v)/dtheta]``. CD-k estimates the
 model term with k Gibbs steps started at the data, PCD with persistent chains that carry over from
 one update to the next. Either way the update is the gradient of ``mean F(v_data) - mean F(v_model)``
-with ``v_model`` held fixed, which for ``W`` is the familiar ``<v p(h|v)>_data - <v p(h|v)>_model``;
-this module takes that gradient with autograd (a test checks it against the closed form).
+with ``v_model`` held fixed, which for ``W`` is the familiar ``<v p(h|v)>_data - <v p(h|v)>_model``.
+This module writes that gradient in closed form, without autograd (tests check it against autograd
+of the free-energy difference and against a hand-written SGD step), and SGD applies it. PCD's chains
+keep their hidden states between updates (Tieleman 2008), so an update of PCD-1 or CD-1 costs five
+batch-sized matrix products: ``p(h|v_data)``, ``p(v|h)``, ``p(h|v_model)`` and the two of the update.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ from torch import Tensor, nn
 
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli, sample_gaussian
+
+
+def _gradient_buffer(parameter: Tensor) -> Tensor:
+    """``parameter.grad``, allocated once (the closed-form updates write into it)."""
+    if parameter.grad is None or parameter.grad.shape != parameter.shape or parameter.grad.dtype != parameter.dtype:
+        parameter.grad = torch.empty_like(parameter)
+    return parameter.grad
+
 
 _VISIBLE = ("bernoulli", "gaussian")
 _METHODS = ("cd", "pcd")
@@ -113,6 +124,7 @@ class RBM(EnergyBasedModel):
         shape = tuple(data_shape) if data_shape is not None else (n_visible,)
         super().__init__(shape)
         self.save_hyperparameters()
+        self.automatic_optimization = False  # the update is written in closed form (cd_step)
         if math.prod(shape) != n_visible:
             raise ValueError(f"data_shape {list(shape)} has {math.prod(shape)} values, but n_visible is {n_visible}")
         for name, value, choices in (
@@ -139,10 +151,7 @@ class RBM(EnergyBasedModel):
             self.register_buffer("log_variance", log_variance)
         # Running mean activation of the hidden units (Hinton 2010, section 11), for the sparsity term.
         self.register_buffer("hidden_activity", torch.full((n_hidden,), sparsity_target or 0.0))
-        #: Persistent chains of this process (PCD), ``(num_chains, n_visible)``. A plain attribute, not
-        #: a buffer: under DDP each process keeps its own (buffers would be overwritten by rank 0's),
-        #: and :meth:`on_save_checkpoint` gathers every process's chains into the checkpoint.
-        self.persistent_chains: Tensor | None = None
+        self.persistent_chains = None  # PCD's chains (visible and hidden states), see the property
 
     # ------------------------------------------------------------------ the model
     @property
@@ -249,17 +258,61 @@ class RBM(EnergyBasedModel):
         return v.reshape(v.shape[0], *self.data_shape)
 
     # ------------------------------------------------------------------ training
-    def negative_phase(self, v_data: Tensor) -> Tensor:
-        """The model term's visible states: k sweeps from the data (CD) or the persistent chains (PCD)."""
-        k = self.hparams.k
+    @property
+    def persistent_chains(self) -> Tensor | None:
+        """The visible states of this process's persistent chains (PCD), ``(num_chains, n_visible)``.
+
+        A plain attribute, not a buffer: under DDP each process keeps its own (buffers would be
+        overwritten by rank 0's), and :meth:`on_save_checkpoint` gathers every process's chains into
+        the checkpoint. Alongside them the chains keep their hidden states (:attr:`persistent_hidden`,
+        drawn from ``p(h | v)`` at the end of the last update), from which the next update continues,
+        as in Tieleman (2008). Assigning visible states drops the hidden ones: the next update then
+        draws them from ``p(h | v)`` first."""
+        return self._chains_visible
+
+    @persistent_chains.setter
+    def persistent_chains(self, value: Tensor | None) -> None:
+        self._chains_visible = value
+        self.persistent_hidden: Tensor | None = None
+
+    def positive_phase(self, v_data: Tensor) -> Tensor:
+        """``p(h | v_data)``, the data term's hidden probabilities (also where CD-k's chains start)."""
+        return self.hidden_probs(v_data)
+
+    def negative_phase(self, v_data: Tensor, p_data: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The model term: ``(v_model, p(h | v_model))`` after k Gibbs sweeps ``h -> v -> h``.
+
+        CD-k starts from ``h ~ p(h | v_data)`` (``p_data``: the positive phase's probabilities, so
+        the data's hidden input is computed once); PCD-k continues the persistent chains from their
+        hidden states and keeps, for the next update, the last visible states and a hidden sample
+        drawn from the last ``p(h | v)`` (computed here anyway: the model term needs it). Either way a
+        sweep costs two matrix products, one of them shared with the update.
+        """
         if self.hparams.method == "cd":
-            return block_gibbs(self.gibbs_step, v_data, k)
+            h = sample_bernoulli(self.positive_phase(v_data) if p_data is None else p_data)
+        else:
+            h = self._chain_hidden_states(v_data)
+        for step in range(self.hparams.k):
+            v = self.sample_visible(h)
+            p = self.hidden_probs(v)
+            if step < self.hparams.k - 1:
+                h = sample_bernoulli(p)
+        if self.hparams.method == "pcd":
+            self.persistent_chains = v
+            self.persistent_hidden = sample_bernoulli(p)
+        return v, p
+
+    def _chain_hidden_states(self, v_data: Tensor) -> Tensor:
+        """The persistent chains' hidden states: started from random visible states the first time,
+        drawn from ``p(h | v)`` of given visible states (a checkpoint without hidden states, chains
+        set by hand)."""
         if self.persistent_chains is None:
-            num = self.hparams.num_chains or v_data.shape[0]
-            self.persistent_chains = self.random_visible(num)
-        chains = self.persistent_chains.to(v_data.device, v_data.dtype)
-        self.persistent_chains = block_gibbs(self.gibbs_step, chains, k)
-        return self.persistent_chains
+            self.persistent_chains = self.random_visible(self.hparams.num_chains or v_data.shape[0])
+        if self.persistent_hidden is None:
+            v = self.persistent_chains.to(v_data.device, v_data.dtype)
+            self.persistent_chains = v
+            self.persistent_hidden = self.sample_hidden(v)
+        return self.persistent_hidden.to(v_data.device, v_data.dtype)
 
     def cd_loss(self, v_data: Tensor, v_model: Tensor) -> Tensor:
         """``mean F(v_data) - mean F(v_model)``: its gradient is the negative CD / PCD update.
@@ -270,66 +323,109 @@ class RBM(EnergyBasedModel):
         free_energy = self.free_energy(torch.cat([v_data, v_model.detach()]))
         return free_energy[:n].mean() - free_energy[n:].mean()
 
-    def cd_surrogate(self, v_data: Tensor, v_model: Tensor) -> Tensor:
-        """A loss with the gradient of :meth:`cd_loss`, computed in closed form (Hinton 2010, Eq. 9-10):
+    @torch.no_grad()
+    def cd_gradients(self, v_data: Tensor, p_data: Tensor, v_model: Tensor, p_model: Tensor) -> None:
+        """Write the gradient of :meth:`cd_loss` into ``.grad`` of ``W``, ``b`` and ``c``, in closed form
+        (Hinton 2010, Eq. 9-10; ``p = p(h | v)``, ``n`` and ``m`` the numbers of data and model states):
 
-            dW = -(<v p(h|v)^T>_data - <v p(h|v)^T>_model),  db = -(<v>_data - <v>_model),
-            dc = -(<p(h|v)>_data - <p(h|v)>_model)
+            dW = -(<v p^T>_data - <v p^T>_model),  db = -(<v>_data - <v>_model),  dc = -(<p>_data - <p>_model)
 
-        (``v / sigma^2`` and ``(v - b) / sigma^2`` for Gaussian units), returned as ``sum(theta * dtheta)``
-        with ``dtheta`` constant. Its backward pass is elementwise, so an update costs two matrix
-        products instead of the four of autograd through the free energy; DDP averages it like any
-        loss. Not for a learned variance (whose gradient this does not give): :meth:`cd_loss` then.
+        (``v / sigma^2`` for Gaussian units). ``dW`` is two matrix products into the gradient buffer,
+        ``mm`` then ``addmm_`` with ``beta = 1/m`` and ``alpha = -1/n``: no autograd graph and no
+        temporary of ``W``'s size. Not for a learned variance (whose gradient this does not give):
+        :meth:`cd_loss` then.
         """
+        dtype = self.W.dtype  # under autocast the statistics may be bf16; the gradients are W's dtype
         n, m = v_data.shape[0], v_model.shape[0]
-        with torch.no_grad():
-            v = torch.cat([v_data, v_model])
-            scaled = self.scaled_visible(v)
-            p = torch.sigmoid(torch.addmm(self.hidden_bias, scaled, self.W, alpha=self.hparams.bottom_up_scale))
-            sign = torch.full((n + m, 1), 1.0 / n, device=v.device, dtype=v.dtype)
-            sign[n:] = -1.0 / m
-            p_signed = p * sign
-            grad_W = -(scaled.t() @ p_signed)
-            grad_hidden = -p_signed.sum(0)
-            grad_visible = -((scaled - self.visible_bias / self.variance) if self.gaussian else v).mul(sign).sum(0)
-        return (
-            (self.W * grad_W).sum() + (self.visible_bias * grad_visible).sum() + (self.hidden_bias * grad_hidden).sum()
-        )
+        x_data, x_model = self.scaled_visible(v_data).to(dtype), self.scaled_visible(v_model).to(dtype)
+        p_data, p_model = p_data.to(dtype), p_model.to(dtype)
+        grad_W = _gradient_buffer(self.W)
+        torch.mm(x_model.t(), p_model, out=grad_W).addmm_(x_data.t(), p_data, beta=1.0 / m, alpha=-1.0 / n)
+        torch.sub(x_model.mean(0), x_data.mean(0), out=_gradient_buffer(self.visible_bias))
+        torch.sub(p_model.mean(0), p_data.mean(0), out=_gradient_buffer(self.hidden_bias))
 
-    def sparsity_loss(self, v_data: Tensor) -> Tensor:
+    @torch.no_grad()
+    def sparsity_gradients(self, v_data: Tensor, p_data: Tensor, world_size: int = 1) -> None:
+        """Add the gradient of :meth:`sparsity_loss` to ``.grad`` of ``W`` and ``c`` in closed form:
+        ``cost * (q - target)`` for ``c_j``, ``cost * s * mean(v_i) * (q_j - target)`` for ``W_ij``
+        (``s`` the bottom-up scale); ``q`` is first updated with this batch's mean of ``p_data``."""
+        hp = self.hparams
+        excess = self.update_hidden_activity(p_data.to(self.W.dtype).mean(0), world_size)
+        self.hidden_bias.grad.add_(excess, alpha=hp.sparsity_cost)
+        x_mean = self.scaled_visible(v_data).to(self.W.dtype).mean(0)
+        self.W.grad.addr_(x_mean, excess, alpha=hp.sparsity_cost * hp.bottom_up_scale)
+
+    @torch.no_grad()
+    def update_hidden_activity(self, activity: Tensor, world_size: int = 1) -> Tensor:
+        """Fold this batch's mean hidden activity into the running estimate ``q`` (Hinton 2010,
+        section 11; under DDP the global batch's: the processes' means are averaged first) and return
+        ``q - target``."""
+        hp = self.hparams
+        if world_size > 1:
+            torch.distributed.all_reduce(activity)
+            activity = activity / world_size
+        self.hidden_activity.mul_(hp.sparsity_decay).add_(activity, alpha=1 - hp.sparsity_decay)
+        return self.hidden_activity - hp.sparsity_target
+
+    def sparsity_loss(self, v_data: Tensor, world_size: int = 1) -> Tensor:
         """Hinton's sparsity term (2010, section 11): a surrogate whose gradient is
         ``cost * (q - target)`` for each hidden bias and ``cost * (q - target) * mean(v_i)`` for ``W_ij``,
         where ``q`` is the running mean activation of the hidden units (under DDP, of the global batch:
         each process's batch mean is averaged over the processes before it enters ``q``)."""
-        hp = self.hparams
         x = self.hidden_input(v_data)
-        with torch.no_grad():
-            activity = torch.sigmoid(x).mean(0)
-            if self._trainer is not None and self.trainer.world_size > 1:  # the global batch's, on every process
-                activity = self.trainer.strategy.reduce(activity, reduce_op="mean")
-            self.hidden_activity.mul_(hp.sparsity_decay).add_((1 - hp.sparsity_decay) * activity)
-            excess = self.hidden_activity - hp.sparsity_target
-        return hp.sparsity_cost * (x.mean(0) * excess).sum()
+        excess = self.update_hidden_activity(torch.sigmoid(x.detach()).mean(0), world_size)
+        return self.hparams.sparsity_cost * (x.mean(0) * excess).sum()
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        v_data = self.flatten(self.batch_data(batch))
+    def cd_step(self, v_data: Tensor, optimizer: Any, owner: EnergyBasedModel | None = None) -> tuple[Tensor, Tensor]:
+        """One CD-k / PCD-k update of the parameters from the batch ``v_data``; returns the model
+        term's ``(v_model, p(h | v_model))``.
+
+        The gradient goes into ``.grad`` in closed form (:meth:`cd_gradients`), is averaged over the
+        processes under DDP, and ``optimizer`` (SGD: momentum, weight decay and learning rate in its
+        parameter groups, its state in the checkpoint) takes the step. With a learned variance the
+        gradient comes from autograd through :meth:`cd_loss` instead.
+
+        Args:
+            v_data: the batch, flattened.
+            optimizer: the optimiser of this RBM's parameters (Lightning's wrapper, which counts steps).
+            owner: the LightningModule being trained, this RBM (default) or a stack it belongs to:
+                its trainer gives the number of processes, its ``manual_backward`` the autograd path.
+        """
+        owner = self if owner is None else owner
+        world_size = owner.trainer.world_size if owner._trainer is not None else 1
         with torch.no_grad():
-            v_model = self.negative_phase(v_data)
+            p_data = self.positive_phase(v_data)
+            v_model, p_model = self.negative_phase(v_data, p_data)
         if self.gaussian and self.hparams.learn_sigma:
             loss = self.cd_loss(v_data, v_model)
+            if self.hparams.sparsity_target is not None and self.hparams.sparsity_cost > 0:
+                loss = loss + self.sparsity_loss(v_data, world_size)
+            optimizer.zero_grad()
+            owner.manual_backward(loss)
         else:
-            loss = self.cd_surrogate(v_data, v_model)
-        if self.hparams.sparsity_target is not None and self.hparams.sparsity_cost > 0:
-            loss = loss + self.sparsity_loss(v_data)
+            self.cd_gradients(v_data, p_data, v_model, p_model)
+            if self.hparams.sparsity_target is not None and self.hparams.sparsity_cost > 0:
+                self.sparsity_gradients(v_data, p_data, world_size)
+            if world_size > 1:
+                owner.average_gradients([self.W, self.visible_bias, self.hidden_bias])
+        optimizer.step()
+        return v_model, p_model
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        v_data = self.flatten(self.batch_data(batch))
+        optimizer = self.optimizers()
+        v_model, _ = self.cd_step(v_data, optimizer)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
         if self.should_log_step:
             with torch.no_grad():
                 metrics = self.monitoring_metrics(v_data)
                 metrics["free_energy_gap"] = self.free_energy(v_model).mean() - metrics["free_energy"]
-                metrics["lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
+                metrics["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
                 if self.gaussian:
                     metrics["sigma_mean"] = self.variance.sqrt().mean()
             self.log_train_metrics(metrics, prog_bar=("reconstruction_error",))
-        return loss
 
     def monitoring_metrics(self, v: Tensor) -> dict[str, Tensor]:
         """Mean free energy, reconstruction error and (Bernoulli) pseudo-log-likelihood of ``v``."""
@@ -443,24 +539,35 @@ class RBM(EnergyBasedModel):
 
     # ------------------------------------------------------------------ persistent chains in checkpoints
     def per_rank_state(self) -> dict[str, Tensor]:
-        """This process's persistent chains (PCD); the checkpoint holds every process's."""
-        return {} if self.persistent_chains is None else {"persistent_chains": self.persistent_chains}
+        """This process's persistent chains (PCD): their visible and hidden states; the checkpoint
+        holds every process's."""
+        state = {}
+        if self.persistent_chains is not None:
+            state["persistent_chains"] = self.persistent_chains
+            if self.persistent_hidden is not None:
+                state["persistent_hidden"] = self.persistent_hidden
+        return state
 
     def load_per_rank_state(self, state: dict[str, Tensor]) -> None:
         if "persistent_chains" in state:
             self.persistent_chains = state["persistent_chains"].to(self.W.dtype)
+            if "persistent_hidden" in state:  # absent from older checkpoints: drawn from p(h | v) then
+                self.persistent_hidden = state["persistent_hidden"].to(self.W.dtype)
 
     def build_optimizer(self) -> torch.optim.SGD:
-        """SGD with momentum, the weight decay on ``W`` only."""
+        """SGD with momentum, the weight decay on ``W`` only; PyTorch's fused kernel where the
+        parameters' device has one (one pass over each parameter per step)."""
         hp = self.hparams
         params = [p for name, p in self.named_parameters() if name != "W"]
-        return torch.optim.SGD(
-            [{"params": [self.W], "weight_decay": hp.weight_decay}, {"params": params, "weight_decay": 0.0}],
-            lr=hp.lr,
-            momentum=hp.momentum,
-        )
+        groups = [{"params": [self.W], "weight_decay": hp.weight_decay}, {"params": params, "weight_decay": 0.0}]
+        try:
+            return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, fused=True)
+        except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
+            return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
 
     def configure_optimizers(self) -> Any:
+        """The SGD of :meth:`build_optimizer`; ``lr_decay: linear`` adds a per-update linear decay to 0
+        (the training step steps it: the RBM updates in closed form, with manual optimisation)."""
         hp = self.hparams
         optimizer = self.build_optimizer()
         if hp.lr_decay == "none":

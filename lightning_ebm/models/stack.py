@@ -169,10 +169,7 @@ class GreedyRBMStack(EnergyBasedModel):
                 group["lr"] = rbm.hparams.lr * self.linear_decay(epoch, batch_idx, self.layer_epochs[layer])
         with torch.no_grad():
             v_data = self.up_pass(x, layer)
-            v_model = rbm.negative_phase(v_data)
-        optimizer.zero_grad()
-        self.manual_backward(rbm.cd_surrogate(v_data, v_model))
-        optimizer.step()
+        v_model, _ = rbm.cd_step(v_data, optimizer, owner=self)
         if self.should_log_step:
             with torch.no_grad():
                 metrics = rbm.monitoring_metrics(v_data)
@@ -240,11 +237,9 @@ class GreedyRBMStack(EnergyBasedModel):
 
     # ------------------------------------------------------------------ per-process state
     def per_rank_state(self) -> dict[str, Tensor]:
-        """Every layer's persistent chains (PCD)."""
+        """Every layer's persistent chains (PCD), visible and hidden states."""
         return {
-            f"rbms.{i}.persistent_chains": rbm.persistent_chains
-            for i, rbm in enumerate(self.rbms)
-            if rbm.persistent_chains is not None
+            f"rbms.{i}.{name}": value for i, rbm in enumerate(self.rbms) for name, value in rbm.per_rank_state().items()
         }
 
     def load_per_rank_state(self, state: dict[str, Tensor]) -> None:
