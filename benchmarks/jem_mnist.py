@@ -61,7 +61,9 @@ def build(args: argparse.Namespace, px_weight: float) -> JEM:
     net = ConvClassifier(channels=args.channels, hidden=args.hidden, activation="leaky_relu")
     return JEM(
         net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, lr=args.lr, warmup_steps=args.warmup,
-        decay_epochs=[], sgld_steps=args.sgld_steps, buffer_size=args.buffer_size, energy_l2=args.energy_l2,
+        decay_epochs=[], sgld_steps=args.sgld_steps, sgld_step_size=args.sgld_step_size, sgld_noise=args.sgld_noise,
+        buffer_size=args.buffer_size, reinit_prob=args.reinit_prob, energy_l2=args.energy_l2,
+        sgld_clamp=args.sgld_clamp,
     )  # fmt: skip
 
 
@@ -82,9 +84,11 @@ def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: Diverg
 def evaluate(model: JEM, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     model.eval()
     probabilities = torch.cat([model.logits(b).softmax(1) for b in x.split(500)])
+    confidence, prediction = probabilities.max(1)
     return {
-        "accuracy": float((probabilities.argmax(1) == y).float().mean()),
+        "accuracy": float((prediction == y).float().mean()),
         "ece": expected_calibration_error(probabilities, y, num_bins=20),
+        "mean_confidence": float(confidence.mean()),  # above the accuracy: over-confident; below: under-
     }
 
 
@@ -145,6 +149,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--sgld-steps", type=int, default=20)
+    parser.add_argument("--sgld-step-size", type=float, default=1.0)
+    parser.add_argument("--sgld-noise", type=float, default=0.01)
+    parser.add_argument("--reinit-prob", type=float, default=0.05)
+    parser.add_argument("--sgld-clamp", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--energy-l2", type=float, default=0.0)
     parser.add_argument("--guard-max-energy", type=float, default=1e3)
     parser.add_argument("--guard-lr-factor", type=float, default=0.5)

@@ -75,6 +75,9 @@ class JEM(EnergyBasedModel):
         sample_steps: SGLD steps of :meth:`sample` (default ``sgld_steps``).
         energy_l2: weight ``lambda`` of the regulariser ``lambda * mean(E(x_data)^2 + E(x_sgld)^2)``
             of Du & Mordatch (2019), which keeps the energies from running away; 0 (JEM) leaves it out.
+        sgld_clamp: project every SGLD step onto the data range ``init_range`` (Du & Mordatch 2019),
+            so that ``p(x)`` lives on the data's box; off in JEM, needed where the data sit on the
+            box's faces (MNIST's background is exactly the lower end: see the README).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class JEM(EnergyBasedModel):
         data_noise: float = 0.03,
         sample_steps: int | None = None,
         energy_l2: float = 0.0,
+        sgld_clamp: bool = False,
     ) -> None:
         super().__init__(data_shape)
         self.save_hyperparameters()
@@ -157,7 +161,10 @@ class JEM(EnergyBasedModel):
         was_training = self.classifier.training
         self.classifier.eval()
         try:
-            return langevin_dynamics(lambda v: self.energy(v, y), x, steps, hp.sgld_step_size, hp.sgld_noise)
+            bounds = tuple(hp.init_range) if hp.get("sgld_clamp", False) else None
+            return langevin_dynamics(
+                lambda v: self.energy(v, y), x, steps, hp.sgld_step_size, hp.sgld_noise, bounds=bounds
+            )
         finally:
             self.classifier.train(was_training)
 
@@ -237,6 +244,8 @@ class JEM(EnergyBasedModel):
         x, y = self.batch_data(batch), self._labels(batch)
         if hp.data_noise > 0:
             x = x + hp.data_noise * torch.randn_like(x)
+            if hp.get("sgld_clamp", False):  # data and samples on the same box
+                x = x.clamp(*hp.init_range)
         x_sgld = self.negative_samples(x.shape[0]) if hp.px_weight > 0 else None
         x_sgld_y = self.negative_samples(x.shape[0], y) if hp.pxy_weight > 0 else None
 
