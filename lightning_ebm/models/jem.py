@@ -28,6 +28,9 @@ regulariser of Du & Mordatch (2019) (not in JEM; off by default). The chains sta
 (:class:`~lightning_ebm.samplers.ReplayBuffer`: 10,000 states, each draw restarted from ``U(-1, 1)``
 with probability 0.05, final states written back), run with the classifier in evaluation mode, and
 the data gets ``N(0, 0.03^2)`` noise. Adam with a linear warm-up and a step decay, as in the paper.
+Optionally (``sgld_clamp``, not in the paper's code) every SGLD step and the noised data are projected
+onto the data's box ``init_range``: where the data sit on the box's faces (MNIST's background is
+exactly -1) unprojected chains walk off it into regions the data never constrain, and diverge.
 
 The buffer is this process's state (:meth:`per_rank_state`): it is in every checkpoint and a resumed
 run continues with it. The original training diverges now and then and was restarted by hand; here
