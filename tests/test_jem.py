@@ -148,6 +148,44 @@ def test_sgld_is_jems_update_x_plus_alpha_grad_log_p_plus_sigma_eps() -> None:
     torch.testing.assert_close(x, expected)
 
 
+def test_projected_sgld_clamps_each_step_and_settles_on_the_nearest_point_of_the_box() -> None:
+    """With ``sgld_clamp`` each step is ``clamp(x + alpha grad log p + sigma eps)`` onto ``init_range``;
+    for ``E(x) = ||x - m||^2 / 2`` with ``m`` outside the box the chains settle at the box's point
+    nearest ``m``, ``clamp(m)`` (the minimiser of a separable convex energy over a box)."""
+    mean = [3.0, 0.25]
+    net = GaussianLogits([mean, mean], 1.0)
+    settings = dict(num_classes=2, data_shape=[2], buffer_size=10, sgld_step_size=0.5, sgld_noise=0.01)
+    model = JEM(net, **settings, sgld_clamp=True)
+    x0 = torch.rand(500, 2) * 2 - 1
+    torch.manual_seed(2)
+    x = model.langevin(x0, steps=1)
+    torch.manual_seed(2)
+    expected = (x0 - 0.5 * (x0 - torch.tensor(mean)) + 0.01 * torch.randn(500, 2)).clamp(-1.0, 1.0)
+    torch.testing.assert_close(x, expected)
+    x = model.langevin(x0, steps=60)
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    torch.testing.assert_close(x.mean(0), torch.tensor([1.0, 0.25]), atol=0.01, rtol=0)
+    # without the projection the same chains go to m itself, outside the data's range
+    free = JEM(net, **settings)
+    torch.testing.assert_close(free.langevin(x0, steps=60).mean(0), torch.tensor(mean), atol=0.01, rtol=0)
+
+
+def test_with_sgld_clamp_the_noised_data_stay_in_the_box_like_the_chains() -> None:
+    """Data at the box's faces (MNIST's background is exactly -1) plus N(0, 0.03^2) noise would leave
+    it; the projection keeps data and chains on the same support."""
+    seen: list[Tensor] = []
+    for clamp in (True, False):
+        model = tiny_jem(sgld_clamp=clamp, sgld_steps=2, data_noise=0.03)
+        model.objective = lambda x, y, *rest, model=model: (seen.append(x), JEM.objective(model, x, y, *rest))[1]
+        trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu")  # fmt: skip
+        x = torch.full((64, 3), -1.0)
+        trainer.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(64).long()), 64))
+    clamped, free = seen
+    assert clamped.min() >= -1.0 and (clamped > -1.0).float().mean() > 0.4  # noise above -1 kept, below cut
+    assert (free < -1.0).float().mean() > 0.4  # the paper's recipe: half the noised background below -1
+
+
 def test_buffer_restarts_a_fraction_rho_and_writes_back_where_it_drew() -> None:
     buffer = ReplayBuffer(1000, [3], reinit_prob=0.05, low=-1, high=1)
     buffer.samples.fill_(5.0)  # outside U(-1, 1): a restarted draw is recognisable
@@ -492,10 +530,12 @@ def test_jem_toy_under_two_process_ddp_keeps_per_rank_buffers(tmp_path: Path) ->
 
 # ---------------------------------------------------------------------------- the issue's targets (slow)
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the benchmark trains ~13-15 min at one thread, over the suite's 900 s limit
 def test_jem_on_real_mnist_meets_the_issue_targets(tmp_path: Path) -> None:
-    """benchmarks/jem_mnist.py's schedule (8k training / 2k held-out images of the real test split,
-    8 epochs): >= 97 % held-out accuracy, lower ECE than the same net trained as a plain classifier,
-    samples far below noise in energy, conditional samples classified as their class (~15 min on 2 cores)."""
+    """benchmarks/jem_mnist.py with its default recipe (8k training / 2k held-out images of the real
+    test split, 12 epochs, projected SGLD, no energy regulariser; one thread, ~10-15 min): >= 97 %
+    held-out accuracy, lower ECE than the same net trained as a plain classifier, buffer samples and
+    fresh chains far below uniform noise in energy, conditional samples classified as their class."""
     import importlib.util
 
     data_dir = real_mnist_dir(tmp_path) / "MNIST" / "raw"
@@ -503,12 +543,20 @@ def test_jem_on_real_mnist_meets_the_issue_targets(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("jem_mnist_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    results = bench.run(
-        bench.parse(["--data-dir", str(data_dir), "--epochs", "8", "--energy-l2", "0.1", "--threads", "2"])
-    )
+    results = bench.run(bench.parse(["--data-dir", str(data_dir), "--threads", "1"]))
     jem, plain, energy = results["jem"], results["plain"], results["energy"]
-    assert jem["accuracy"] >= 0.97
-    assert jem["ece"] < plain["ece"]
+    failures = []
+    if jem["accuracy"] < 0.97:
+        failures.append(f"held-out accuracy {jem['accuracy']:.4f} < 0.97")
+    if not jem["ece"] < plain["ece"]:
+        failures.append(
+            f"ECE {jem['ece']:.4f} not below the plain classifier's {plain['ece']:.4f} "
+            f"(mean confidence {jem['mean_confidence']:.3f} at accuracy {jem['accuracy']:.3f})"
+        )
     noise = energy["uniform_noise"]
-    assert energy["buffer_samples"] < noise - 10 and energy["fresh_chains_100_steps"] < noise - 10
-    assert results["conditional"]["classified_as_requested_by_jem"] >= 0.9
+    for name in ("buffer_samples", "fresh_chains_100_steps"):
+        if not energy[name] < noise - 10:
+            failures.append(f"{name} energy {energy[name]:.2f} not 10 below uniform noise's {noise:.2f}")
+    if results["conditional"]["classified_as_requested_by_jem"] < 0.9:
+        failures.append(f"conditional samples {results['conditional']['classified_as_requested_by_jem']:.3f} < 0.9")
+    assert not failures, "; ".join(failures)

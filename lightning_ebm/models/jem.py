@@ -28,6 +28,9 @@ regulariser of Du & Mordatch (2019) (not in JEM; off by default). The chains sta
 (:class:`~lightning_ebm.samplers.ReplayBuffer`: 10,000 states, each draw restarted from ``U(-1, 1)``
 with probability 0.05, final states written back), run with the classifier in evaluation mode, and
 the data gets ``N(0, 0.03^2)`` noise. Adam with a linear warm-up and a step decay, as in the paper.
+Optionally (``sgld_clamp``, not in the paper's code) every SGLD step and the noised data are projected
+onto the data's box ``init_range``: where the data sit on the box's faces (MNIST's background is
+exactly -1) unprojected chains walk off it into regions the data never constrain, and diverge.
 
 The buffer is this process's state (:meth:`per_rank_state`): it is in every checkpoint and a resumed
 run continues with it. The original training diverges now and then and was restarted by hand; here
@@ -75,6 +78,9 @@ class JEM(EnergyBasedModel):
         sample_steps: SGLD steps of :meth:`sample` (default ``sgld_steps``).
         energy_l2: weight ``lambda`` of the regulariser ``lambda * mean(E(x_data)^2 + E(x_sgld)^2)``
             of Du & Mordatch (2019), which keeps the energies from running away; 0 (JEM) leaves it out.
+        sgld_clamp: project every SGLD step onto the data range ``init_range`` (Du & Mordatch 2019),
+            so that ``p(x)`` lives on the data's box; off in JEM, needed where the data sit on the
+            box's faces (MNIST's background is exactly the lower end: see the README).
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class JEM(EnergyBasedModel):
         data_noise: float = 0.03,
         sample_steps: int | None = None,
         energy_l2: float = 0.0,
+        sgld_clamp: bool = False,
     ) -> None:
         super().__init__(data_shape)
         self.save_hyperparameters()
@@ -157,7 +164,10 @@ class JEM(EnergyBasedModel):
         was_training = self.classifier.training
         self.classifier.eval()
         try:
-            return langevin_dynamics(lambda v: self.energy(v, y), x, steps, hp.sgld_step_size, hp.sgld_noise)
+            bounds = tuple(hp.init_range) if hp.get("sgld_clamp", False) else None
+            return langevin_dynamics(
+                lambda v: self.energy(v, y), x, steps, hp.sgld_step_size, hp.sgld_noise, bounds=bounds
+            )
         finally:
             self.classifier.train(was_training)
 
@@ -237,6 +247,8 @@ class JEM(EnergyBasedModel):
         x, y = self.batch_data(batch), self._labels(batch)
         if hp.data_noise > 0:
             x = x + hp.data_noise * torch.randn_like(x)
+            if hp.get("sgld_clamp", False):  # data and samples on the same box
+                x = x.clamp(*hp.init_range)
         x_sgld = self.negative_samples(x.shape[0]) if hp.px_weight > 0 else None
         x_sgld_y = self.negative_samples(x.shape[0], y) if hp.pxy_weight > 0 else None
 

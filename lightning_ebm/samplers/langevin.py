@@ -2,7 +2,9 @@
 
 * :func:`langevin_dynamics`: unadjusted Langevin, ``x <- x - step * grad E(x) + noise * eps``.
   With ``noise = sqrt(2 * step * T)`` it discretises the diffusion whose invariant law is
-  ``exp(-E/T)``; JEM-style SGLD decouples the two (step 1, noise 0.01).
+  ``exp(-E/T)``; JEM-style SGLD decouples the two (step 1, noise 0.01). With ``bounds`` each step
+  is projected onto the box ``[low, high]^D`` (projected Langevin, as in Du & Mordatch 2019), for
+  densities supported on the data's range.
 * :func:`mala`: the Metropolis-adjusted version (Roberts & Tweedie 1996), exact for any step size:
   the proposal ``x' = x - a grad U(x) + sqrt(2a) eps`` with ``U = E/T`` is accepted with probability
   ``min(1, exp(U(x) - U(x') + log q(x | x') - log q(x' | x)))`` where
@@ -37,13 +39,23 @@ def _energy_and_grad(energy: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def langevin_dynamics(
-    energy: EnergyFn, x: Tensor, num_steps: int, step_size: float, noise_scale: float | None = None
+    energy: EnergyFn,
+    x: Tensor,
+    num_steps: int,
+    step_size: float,
+    noise_scale: float | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> Tensor:
-    """Unadjusted Langevin steps from ``x``; ``noise_scale`` defaults to ``sqrt(2 * step_size)`` (T = 1)."""
+    """Unadjusted Langevin steps from ``x``; ``noise_scale`` defaults to ``sqrt(2 * step_size)`` (T = 1).
+
+    With ``bounds = (low, high)`` every step ends with the projection ``clamp(x, low, high)``.
+    """
     noise = (2 * step_size) ** 0.5 if noise_scale is None else noise_scale
     for _ in range(num_steps):
         _, grad = _energy_and_grad(energy, x)
         x = x - step_size * grad + noise * torch.randn_like(x)
+        if bounds is not None:
+            x = x.clamp(bounds[0], bounds[1])
     return x.detach()
 
 
