@@ -244,6 +244,26 @@ def test_wide_resnet_downsampling_in_the_second_convolution() -> None:
         WideResNet(10, 2, downsample="middle")
 
 
+def test_wide_resnet_channels_last_is_the_same_function() -> None:
+    """The channels-last layout (the default, for speed) changes neither the logits nor the input
+    gradients that SGLD follows beyond float rounding, and survives loading weights."""
+    torch.manual_seed(0)
+    plain = WideResNet(10, 2, channels_last=False)
+    fast = WideResNet(10, 2)
+    fast.load_state_dict(plain.state_dict())
+    conv = fast.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = (torch.rand(8, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    grads = []
+    for net in (plain, fast):
+        logits = net(x)
+        grads.append(torch.autograd.grad(torch.logsumexp(logits, 1).sum(), x)[0])
+        assert grads[-1].shape == x.shape
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert grads[0].abs().max() > 1e-4  # a gradient worth comparing
+
+
 # ---------------------------------------------------------------------------- the buffer in checkpoints
 def toy_data(**overrides) -> Toy2DDataModule:
     kwargs = dict(name="8gaussians", num_samples=512, batch_size=64, labels=True, num_val_samples=128)

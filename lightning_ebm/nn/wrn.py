@@ -10,12 +10,18 @@ convolution (Zagoruyko & Komodakis) or, with ``downsample="second"``, in its sec
 authors' code: same parameters, but the first convolution then runs at the input's resolution
 (WRN-10-2: 1.65 times the multiply-adds per image).
 
+The weights and activations are kept in the channels-last memory format by default: the same
+function (up to float rounding), but oneDNN's CPU convolutions run faster on it (a JEM training
+iteration of WRN-10-2, batch 64, 20 SGLD steps: 13% less CPU time on one thread); ``channels_last=False``
+keeps PyTorch's default layout.
+
 JEM (Grathwohl et al. 2020) uses WRN-28-10 without normalisation (batch norm interferes with SGLD
 sampling, whose batches are not data batches) and LeakyReLU(0.2) activations.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from lightning_ebm.nn.base import Network
@@ -69,6 +75,8 @@ class WideResNet(Network):
         leaky_slope: negative slope of the LeakyReLU activations (0 gives ReLU).
         downsample: which convolution of a resolution-halving block has stride 2: ``first``
             (Zagoruyko & Komodakis 2016) or ``second`` (the JEM authors' code).
+        channels_last: keep weights and activations in the channels-last memory format (faster
+            convolutions; the outputs and input gradients are the same up to float rounding).
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class WideResNet(Network):
         dropout: float = 0.0,
         leaky_slope: float = 0.2,
         downsample: str = "first",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if downsample not in ("first", "second"):
@@ -101,6 +110,8 @@ class WideResNet(Network):
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, num_classes)
         self.num_classes = num_classes
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        return self.head(self.features(x.contiguous(memory_format=self.memory_format)))
