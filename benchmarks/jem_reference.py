@@ -27,7 +27,8 @@ the same parameter shapes (theirs has two more linear heads, ``energy_output`` a
 ``linear``, which its class-conditional model never uses) and the same multiply-adds per image. Their blocks halve the
 resolution in the second convolution; ours in the first by default, so the benchmark builds ours
 with ``downsample: second`` (``--downsample first`` times the shipped layout, which does fewer
-multiply-adds).
+multiply-adds); ``--contiguous`` times ours in PyTorch's default memory layout instead of
+channels-last.
 
 Get their code with ``git clone https://github.com/wgrathwohl/JEM`` (it needs torchvision, numpy,
 tqdm). Example (one thread, a few minutes)::
@@ -85,7 +86,8 @@ class Timer(L.Callback):
 def build_ours(args: argparse.Namespace) -> L.LightningModule:
     wrn = "--model.init_args.classifier.init_args."
     argv = ["--config", "jem_cifar", "--trainer.logger", "false", f"{wrn}depth", str(args.depth),
-            f"{wrn}widen_factor", str(args.width), f"{wrn}downsample", args.downsample]  # fmt: skip
+            f"{wrn}widen_factor", str(args.width), f"{wrn}downsample", args.downsample,
+            f"{wrn}channels_last", str(not args.contiguous).lower()]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cli = EBMCLI(args=resolve_config_args(argv), run=False)
@@ -206,6 +208,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2, help="wide ResNet widening factor")
     parser.add_argument("--downsample", choices=["first", "second"], default="second",
                         help="which convolution of ours halves the resolution (theirs: second)")  # fmt: skip
+    parser.add_argument("--contiguous", action="store_true",
+                        help="ours in PyTorch's default memory layout instead of channels-last")  # fmt: skip
     parser.add_argument("--blocks", type=int, default=4, help="alternating blocks per method")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per block")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations at the start of each block")
@@ -233,7 +237,8 @@ def main() -> None:
             print(f"block {block} {who:6s}: {wall / args.iters:6.2f} s/iteration, "
                   f"{samples / wall:6.1f} samples/s, {samples / cpu:6.1f} per CPU-s", flush=True)  # fmt: skip
     result = {
-        "network": f"WRN-{args.depth}-{args.width}, no normalisation, ours downsample={args.downsample}",
+        "network": f"WRN-{args.depth}-{args.width}, no normalisation, ours downsample={args.downsample}, "
+        f"channels_last={not args.contiguous}",
         "threads": args.threads, "blocks": args.blocks, "iters_per_block": args.iters, "batch": BATCH,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
                    f"lightning {L.__version__}",
