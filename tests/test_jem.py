@@ -250,6 +250,58 @@ def test_wide_resnet_28_10_has_the_published_size() -> None:
         WideResNet(27, 1)
 
 
+def test_wide_resnet_downsampling_in_the_second_convolution() -> None:
+    """Same parameters either way; striding the second convolution runs the first at full resolution:
+    WRN-10-2 on 32 x 32 then costs 72.8M multiply-adds per image instead of 44.5M (counted by hand:
+    the first convolutions of the second and third groups, 32->64 and 64->128 channels, 3 x 3, at
+    32 x 32 and 16 x 16 instead of 16 x 16 and 8 x 8, add 3 * 18,874,368 / 4 each)."""
+    torch.manual_seed(0)
+    first, second = WideResNet(10, 2), WideResNet(10, 2, downsample="second")
+    assert [p.shape for p in first.parameters()] == [p.shape for p in second.parameters()]
+    sizes = []
+    hooks = [m.conv1.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1])) for m in second.features[1:4]]
+    assert second(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sizes == [32, 32, 16]  # the first convolution keeps its input's resolution
+    for h in hooks:
+        h.remove()
+
+    def macs(net: nn.Module) -> int:
+        total = []
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: total.append(o[0].numel() * m.weight[0].numel()))
+            for m in net.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
+        net(torch.zeros(1, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+        return sum(total)
+
+    assert macs(second) - macs(first) == 2 * 3 * 18_874_368 // 4
+    with pytest.raises(ValueError, match="downsample"):
+        WideResNet(10, 2, downsample="middle")
+
+
+def test_wide_resnet_channels_last_is_the_same_function() -> None:
+    """The channels-last layout (the default, for speed) changes neither the logits nor the input
+    gradients that SGLD follows beyond float rounding, and survives loading weights."""
+    torch.manual_seed(0)
+    plain = WideResNet(10, 2, channels_last=False)
+    fast = WideResNet(10, 2)
+    fast.load_state_dict(plain.state_dict())
+    conv = fast.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = (torch.rand(8, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    grads = []
+    for net in (plain, fast):
+        logits = net(x)
+        grads.append(torch.autograd.grad(torch.logsumexp(logits, 1).sum(), x)[0])
+        assert grads[-1].shape == x.shape
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert grads[0].abs().max() > 1e-4  # a gradient worth comparing
+
+
 # ---------------------------------------------------------------------------- the buffer in checkpoints
 def toy_data(**overrides) -> Toy2DDataModule:
     kwargs = dict(name="8gaussians", num_samples=512, batch_size=64, labels=True, num_val_samples=128)
