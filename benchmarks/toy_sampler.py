@@ -3,7 +3,9 @@
 The generator alone, and latent-space MALA (``lightning_ebm.samplers.latent_mala``) at the given
 temperatures, step counts and step sizes, on the same checkpoint: the VEEGAN/PacGAN metrics
 (modes covered, fraction of high-quality samples, KL to the uniform mode histogram) and the chains'
-acceptance rate. Example::
+acceptance rate; and two checks of the energy itself: how many centres are strict local minima and
+the share of ``exp(-E)`` near the modes (``evaluation.modes_at_energy_minima``, ``mass_near_modes``).
+Example::
 
     python benchmarks/toy_sampler.py lightning_logs/meg_toy/version_0/checkpoints/last.ckpt \\
         --samplers 0.005:500:5e-4 0.003:500:5e-4 --num-samples 1000
@@ -16,7 +18,7 @@ import argparse
 import torch
 
 from lightning_ebm.datamodules import mode_centres
-from lightning_ebm.evaluation import mode_metrics
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima
 from lightning_ebm.models import DEM, MEG
 
 
@@ -35,6 +37,11 @@ def main() -> None:
     model = method.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     centres, std = mode_centres(args.data)
     print(f"{method.__name__}, epoch {state['epoch']}, {args.num_samples} samples")
+    with torch.no_grad():
+        minima = modes_at_energy_minima(model.energy, centres, radius=0.1)
+        mass = mass_near_modes(model.energy, centres, std)
+    print(f"energy: {minima} of {len(centres)} centres are strict local minima (ring of radius 0.1), "
+          f"mass of exp(-E) within 3 std of the modes {mass:.3f}")  # fmt: skip
     for spec in args.samplers:
         temperature, steps, step_size = spec.split(":")
         hp = model.hparams

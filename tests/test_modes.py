@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_ebm.datamodules import mode_centres, sample_toy2d
-from lightning_ebm.evaluation import mass_near_modes, mode_metrics
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima
 
 
 def test_true_samples_cover_every_mode_uniformly() -> None:
@@ -77,3 +77,14 @@ def test_a_spurious_basin_between_modes_takes_its_mass_away() -> None:
     # a flat energy (no modes at all) puts only the modes' share of the grid's area near them
     flat = mass_near_modes(lambda x: torch.zeros(x.shape[0]), centres, std)
     assert flat < 0.05
+
+
+def test_every_centre_of_the_true_mixture_is_an_energy_minimum_and_a_shifted_one_is_not() -> None:
+    centres, std = mode_centres("25gaussians")
+    assert modes_at_energy_minima(_mixture_energy(centres, std), centres, radius=0.1) == 25
+    # the same mixture with three components moved by 2 std: those centres sit on a slope
+    moved = centres.clone()
+    moved[:3, 0] += 2 * std
+    assert modes_at_energy_minima(_mixture_energy(moved, std), centres, radius=0.1 * std) == 22
+    # no minimum anywhere on a tilted plane
+    assert modes_at_energy_minima(lambda x: x[:, 0], centres, radius=0.1) == 0

@@ -5,7 +5,6 @@ Run with ``python -m pytest -m slow`` (each takes minutes on a 2-core CPU).
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_ebm.cli import main
 from lightning_ebm.datamodules import mode_centres
-from lightning_ebm.evaluation import mass_near_modes, mode_metrics
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima
 from lightning_ebm.models import DEM, MEG
 
 pytestmark = pytest.mark.slow
@@ -41,20 +40,10 @@ def test_dem_toy_25gaussians(tmp_path: Path) -> None:
     torch.manual_seed(123)
     m = mode_metrics(model.sample(2500), centres, std)
     # low energy at the modes: each centre is a strict local minimum of E over a ring around it
-    minima = modes_at_energy_minima(model, centres, radius=0.1)
+    minima = modes_at_energy_minima(model.energy, centres, radius=0.1)
     print(f"25gaussians: {m}, {minima} modes at energy minima, {elapsed:.0f} s")
     assert m["modes"] >= 23 and m["hq_fraction"] >= 0.80
     assert minima >= 23
-
-
-def modes_at_energy_minima(model: DEM, centres: torch.Tensor, radius: float) -> int:
-    """How many mode centres have a lower energy than all 16 points of the ring of ``radius`` around them."""
-    angles = torch.arange(16) * (2 * math.pi / 16)
-    ring = radius * torch.stack([angles.cos(), angles.sin()], 1)
-    with torch.no_grad():
-        at_centres = model.energy(centres)
-        on_rings = model.energy((centres[:, None, :] + ring[None]).reshape(-1, 2)).view(len(centres), 16)
-    return int((at_centres[:, None] < on_rings).all(1).sum())
 
 
 def test_dem_toy_8gaussians(tmp_path: Path) -> None:

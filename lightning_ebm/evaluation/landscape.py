@@ -74,3 +74,25 @@ def mass_near_modes(
     points = torch.stack([gx.flatten(), gy.flatten()], 1)
     near = torch.cdist(points, centres).min(1).values < threshold * std
     return float(log_density.flatten()[near].exp().sum())
+
+
+@torch.no_grad()
+def modes_at_energy_minima(
+    energy: EnergyFn, centres: Tensor, radius: float, num_directions: int = 16, device: torch.device | str = "cpu"
+) -> int:
+    """How many mode centres are strict local minima of the energy: lower than all ``num_directions``
+    points of the ring of ``radius`` around them ("low energy at the modes", checked point by point).
+
+    Args:
+        energy: the model's ``energy`` on 2D points.
+        centres: ``(K, 2)`` mode centres.
+        radius: radius of the ring (a fraction of the mode's std or more, e.g. 0.1 for the toy grids).
+        num_directions: points on each ring, evenly spaced.
+        device: where the energy is evaluated.
+    """
+    centres = centres.float().to(device)
+    angles = torch.arange(num_directions, device=device) * (2 * math.pi / num_directions)
+    ring = radius * torch.stack([angles.cos(), angles.sin()], 1)
+    at_centres = energy(centres)
+    on_rings = energy((centres[:, None, :] + ring[None]).reshape(-1, 2)).view(len(centres), num_directions)
+    return int((at_centres[:, None] < on_rings).all(1).sum())
