@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from lightning_ebm.callbacks import EnergyLandscape, SampleGrid, ToyModeMetrics
+from lightning_ebm.callbacks import ConditionalSampleGrid, EnergyLandscape, SampleGrid, ToyModeMetrics
 from lightning_ebm.datamodules import Toy2DDataModule, mode_centres
 from lightning_ebm.evaluation import density_grid
 from lightning_ebm.models import EnergyBasedModel
@@ -92,6 +92,49 @@ def test_sample_grid_of_images(tmp_path: Path) -> None:
     assert image.size == (4 * 8 + 5 * 2, 4 * 8 + 5 * 2)  # 4 x 4 images of 8 pixels, padding 2
     with pytest.raises(ValueError, match="needs 2D data"):
         EnergyLandscape().plot(L.Trainer(logger=False), ImageModel())
+
+
+def test_conditional_sample_grid_asks_for_each_class_in_turn(tmp_path: Path) -> None:
+    from PIL import Image
+
+    class ClassImages(GaussianEBM):
+        """Class ``y``'s samples are images filled with ``y`` (recorded, so the request can be checked)."""
+
+        num_classes = 3
+
+        def __init__(self, data_shape=(1, 8, 8)) -> None:
+            super().__init__(mu=(0.0,), s=0.5, data_shape=data_shape)
+            self.requested: list[Tensor] = []
+
+        def sample(self, num_samples: int, y: Tensor | None = None) -> Tensor:
+            self.requested.append(y)
+            return y.float().view(-1, *[1] * len(self.data_shape)).expand(num_samples, *self.data_shape).clone()
+
+    class Data(L.LightningDataModule):
+        def __init__(self, shape) -> None:
+            super().__init__()
+            self.shape = shape
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.rand(16, *self.shape), batch_size=8)
+
+    grid = ConditionalSampleGrid(samples_per_class=4, value_range=(0.0, 2.0))
+    images = ClassImages()
+    _trainer(tmp_path / "images", [grid], epochs=1).fit(images, Data((1, 8, 8)))
+    assert images.requested[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    image = Image.open(grid.last_path)
+    assert image.size == (4 * 8 + 5 * 2, 3 * 8 + 4 * 2)  # one row of 4 images per class, padding 2
+    # the rows get brighter with the class: 0, 1/2 and 1 of the value range
+    pixels = torch.tensor(list(image.convert("L").getdata()), dtype=torch.float32).view(image.size[1], image.size[0])
+    rows = [pixels[2 + r * 10 : 10 + r * 10, 2:10].mean().item() for r in range(3)]
+    assert rows[0] < 5 and abs(rows[1] - 127.5) < 2 and rows[2] > 250
+
+    points = ConditionalSampleGrid(samples_per_class=5)
+    _trainer(tmp_path / "points", [points], epochs=1).fit(ClassImages(data_shape=(2,)), Data((2,)))
+    assert points.last_path is not None and Path(points.last_path).is_file()
+
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        ConditionalSampleGrid().plot(L.Trainer(logger=False), GaussianEBM())
 
 
 def test_toy_mode_metrics_of_a_model_on_one_mode(tmp_path: Path) -> None:
