@@ -10,6 +10,50 @@ from lightning_ebm.callbacks.utils import log_figure, log_image, reference_data,
 from lightning_ebm.models.base import EnergyBasedModel
 
 
+def _log_samples(
+    callback: L.Callback,
+    trainer: L.Trainer,
+    tag: str,
+    samples: torch.Tensor,
+    nrow: int,
+    value_range: tuple[float, float] | None,
+    labels: torch.Tensor | None = None,
+) -> str | None:
+    """Log ``samples`` under ``tag``: an image grid of ``nrow`` per row, or a scatter plot of 2D points
+    over the held-out data (coloured by ``labels`` when given). Returns the PNG's path."""
+    if samples.dim() == 2 and samples.shape[1] == 2:
+        return log_figure(trainer, tag, _scatter(trainer, samples, labels))
+    if samples.dim() in (3, 4):
+        images = samples.unsqueeze(1) if samples.dim() == 3 else samples
+        return log_image(trainer, tag, make_grid(to_unit_range(images, value_range), nrow=nrow, padding=2))
+    raise ValueError(
+        f"{type(callback).__name__} plots images or 2D points, got samples of shape {tuple(samples.shape)}"
+    )
+
+
+def _scatter(trainer: L.Trainer, samples: torch.Tensor, labels: torch.Tensor | None):  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    data = reference_data(trainer)
+    if labels is None:
+        if data is not None:
+            ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:gray", alpha=0.4, label="data")
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:red", alpha=0.6, label="samples")
+        ax.legend(loc="upper right", markerscale=4)
+        ax.set_title(f"samples, epoch {trainer.current_epoch}, step {trainer.global_step}")
+    else:
+        if data is not None:
+            ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:gray", alpha=0.3)
+        ax.scatter(samples[:, 0], samples[:, 1], s=4, c=labels.numpy(), cmap="tab20", alpha=0.8)
+        ax.set_title(f"samples per class, epoch {trainer.current_epoch}")
+    ax.set_aspect("equal")
+    return fig
+
+
 class SampleGrid(L.Callback):
     """Every ``every_n_epochs`` epochs, draw ``model.sample(num_samples)`` and plot it.
 
@@ -43,30 +87,7 @@ class SampleGrid(L.Callback):
     @torch.no_grad()
     def plot(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
         samples = pl_module.sample(self.num_samples).detach().float().cpu()
-        if samples.dim() == 2 and samples.shape[1] == 2:
-            self.last_path = log_figure(trainer, "samples", self._scatter(trainer, samples))
-        elif samples.dim() in (3, 4):
-            images = samples.unsqueeze(1) if samples.dim() == 3 else samples
-            grid = make_grid(to_unit_range(images, self.value_range), nrow=self.nrow, padding=2)
-            self.last_path = log_image(trainer, "samples", grid)
-        else:
-            raise ValueError(f"SampleGrid plots images or 2D points, got samples of shape {tuple(samples.shape)}")
-
-    def _scatter(self, trainer: L.Trainer, samples: torch.Tensor):  # noqa: ANN202
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 5))
-        data = reference_data(trainer)
-        if data is not None:
-            ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:gray", alpha=0.4, label="data")
-        ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:red", alpha=0.6, label="samples")
-        ax.set_aspect("equal")
-        ax.legend(loc="upper right", markerscale=4)
-        ax.set_title(f"samples, epoch {trainer.current_epoch}, step {trainer.global_step}")
-        return fig
+        self.last_path = _log_samples(self, trainer, "samples", samples, self.nrow, self.value_range)
 
 
 class ConditionalSampleGrid(L.Callback):
@@ -114,28 +135,6 @@ class ConditionalSampleGrid(L.Callback):
         labels = torch.arange(classes, device=pl_module.device).repeat_interleave(self.samples_per_class)
         kwargs = {} if self.steps is None else {"steps": self.steps}
         samples = pl_module.sample(labels.numel(), y=labels, **kwargs).detach().float().cpu()
-        if samples.dim() == 2 and samples.shape[1] == 2:
-            self.last_path = log_figure(trainer, "conditional_samples", self._scatter(trainer, samples, labels.cpu()))
-        elif samples.dim() in (3, 4):
-            images = samples.unsqueeze(1) if samples.dim() == 3 else samples
-            grid = make_grid(to_unit_range(images, self.value_range), nrow=self.samples_per_class, padding=2)
-            self.last_path = log_image(trainer, "conditional_samples", grid)
-        else:
-            raise ValueError(
-                f"ConditionalSampleGrid plots images or 2D points, got samples of shape {tuple(samples.shape)}"
-            )
-
-    def _scatter(self, trainer: L.Trainer, samples: torch.Tensor, labels: torch.Tensor):  # noqa: ANN202
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 5))
-        data = reference_data(trainer)
-        if data is not None:
-            ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:gray", alpha=0.3)
-        ax.scatter(samples[:, 0], samples[:, 1], s=4, c=labels.numpy(), cmap="tab20", alpha=0.8)
-        ax.set_aspect("equal")
-        ax.set_title(f"samples per class, epoch {trainer.current_epoch}")
-        return fig
+        self.last_path = _log_samples(
+            self, trainer, "conditional_samples", samples, self.samples_per_class, self.value_range, labels.cpu()
+        )
