@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ import lightning as L
 import torch
 from rbm_likelihood import DEFAULT_MNIST, load
 
-from lightning_ebm.evaluation import estimate_log_partition, log_likelihood
-from lightning_ebm.models import DBM, DBN, RBM
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
+from lightning_ebm.evaluation import estimate_log_partition, log_likelihood  # noqa: E402
+from lightning_ebm.models import DBM, DBN, RBM  # noqa: E402
 
 RBM_RECIPE = dict(method="cd", k=1, lr=0.05, momentum=0.5, final_momentum=0.9, momentum_epochs=5, weight_decay=2e-4)
 

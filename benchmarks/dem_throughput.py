@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from lightning_ebm.cli import EBMCLI, resolve_config_args
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
+from lightning_ebm.cli import EBMCLI, resolve_config_args  # noqa: E402
 
 
 class Timer(L.Callback):

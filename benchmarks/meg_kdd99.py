@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from lightning_ebm.callbacks import AnomalyDetection
-from lightning_ebm.cli import EBMCLI, resolve_config_args
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
+from lightning_ebm.callbacks import AnomalyDetection  # noqa: E402
+from lightning_ebm.cli import EBMCLI, resolve_config_args  # noqa: E402
 
 PUBLISHED = {"precision": 0.9307, "recall": 0.9472, "f1": 0.9389}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +23,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_ebm.cli import main
-from lightning_ebm.datamodules import MNISTDataModule
-from lightning_ebm.models import Classifier
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
+from lightning_ebm.cli import main  # noqa: E402
+from lightning_ebm.datamodules import MNISTDataModule  # noqa: E402
+from lightning_ebm.models import Classifier  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict[str, float | int | str]:

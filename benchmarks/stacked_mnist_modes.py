@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from lightning_ebm.callbacks import ModeCounting
-from lightning_ebm.datamodules import StackedMNISTDataModule
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
+from lightning_ebm.callbacks import ModeCounting  # noqa: E402
+from lightning_ebm.datamodules import StackedMNISTDataModule  # noqa: E402
 
 
 class RealStacks(nn.Module):

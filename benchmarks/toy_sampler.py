@@ -14,12 +14,15 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from lightning_ebm.datamodules import mode_centres
-from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima
-from lightning_ebm.models import DEM, MEG
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
+from lightning_ebm.datamodules import mode_centres  # noqa: E402
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima  # noqa: E402
+from lightning_ebm.models import DEM, MEG  # noqa: E402
 
 
 def main() -> None:
