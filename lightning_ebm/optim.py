@@ -30,3 +30,28 @@ class WarmupStepDecay:
     def __call__(self, step: int) -> float:
         warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         return warmup * self.gamma ** sum(self.epoch >= m for m in self.milestones)
+
+
+class LinearDecay:
+    """A ``LambdaLR`` factor: constant, then a linear decay to 0 at the last step.
+
+    ``factor(step) = 1`` before ``start * total_steps``, then falling linearly to 0 at ``total_steps``
+    (``start`` 0: decay over the whole run). Picklable, so ``LambdaLR`` keeps it in its state dict and a
+    resumed run continues the schedule.
+
+    Args:
+        total_steps: scheduler steps of the whole run.
+        start: fraction of the run after which the decay begins, in ``[0, 1)``.
+    """
+
+    def __init__(self, total_steps: int, start: float = 0.0) -> None:
+        if total_steps < 1 or not 0 <= start < 1:
+            raise ValueError(f"need total_steps >= 1 and 0 <= start < 1, got {total_steps} and {start}")
+        self.total_steps = int(total_steps)
+        self.start = float(start)
+
+    def __call__(self, step: int) -> float:
+        begin = self.start * self.total_steps
+        if step < begin:
+            return 1.0
+        return max(0.0, (self.total_steps - step) / (self.total_steps - begin))

@@ -262,34 +262,88 @@ def test_fit_checkpoint_load_and_resume(tmp_path) -> None:
     assert loaded.sample(4).shape == (4, 2)
 
 
-def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path) -> None:
-    """Stopped in the middle of an epoch and between two generator updates, then resumed: the three
-    networks, the three Adam states, the update schedule and the random streams continue exactly."""
+@pytest.mark.parametrize("lr_decay", ["none", "linear"])
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, lr_decay: str) -> None:
+    """Killed in the middle of an epoch and between two generator updates, then resumed: the three
+    networks, the three Adam states, the update schedule, the learning-rate decay and the random streams
+    continue exactly."""
     from lightning_ebm.datamodules import Toy2DDataModule
 
-    def fit(max_steps: int, ckpt: str | None = None, save: str | None = None) -> tuple[MEG, L.Trainer]:
+    class Killed(Exception):
+        pass
+
+    class Kill(L.Callback):  # the run stops after 10 optimiser steps, as if killed; its schedule is the full run's
+        def on_train_batch_end(self, trainer: L.Trainer, *_: object) -> None:
+            if trainer.global_step >= 10:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+                raise Killed
+
+    def fit(ckpt: str | None = None, kill: bool = False) -> tuple[MEG, L.Trainer]:
         L.seed_everything(0)
-        model = tiny_meg(energy_steps=3, energy_lr=1e-3, generator_lr=1e-3, statistics_lr=1e-3)
+        model = tiny_meg(
+            energy_steps=3, energy_lr=1e-3, generator_lr=1e-3, statistics_lr=1e-3, lr_decay=lr_decay, lr_decay_start=0.2
+        )
         trainer = L.Trainer(
-            max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            max_steps=34, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             limit_val_batches=0, default_root_dir=tmp_path, enable_model_summary=False,
+            callbacks=[Kill()] if kill else [],
         )  # fmt: skip
         trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=512, batch_size=64), ckpt_path=ckpt)
-        if save:
-            trainer.save_checkpoint(save)
         return model, trainer
 
     # 8 batches per epoch; batch b makes 1 optimizer step, plus 2 (G and T) when b % 3 == 0:
     # 34 steps = 20 batches (2.5 epochs); 10 steps = 6 batches (mid-epoch 0, after an energy-only batch).
-    straight, _ = fit(34)
-    fit(10, save=str(tmp_path / "mid.ckpt"))
-    resumed, trainer = fit(34, ckpt=str(tmp_path / "mid.ckpt"))
+    straight, straight_trainer = fit()
+    with pytest.raises(Killed):
+        fit(kill=True)
+    resumed, trainer = fit(ckpt=str(tmp_path / "mid.ckpt"))
     assert straight.energy_updates == resumed.energy_updates == 20
+    rates = [[g["lr"] for opt in t.optimizers for g in opt.param_groups] for t in (straight_trainer, trainer)]
+    assert rates[0] == rates[1]
+    if lr_decay == "linear":
+        assert 0 < rates[0][0] < 1e-3
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     for a, b in zip(straight.optimizers(use_pl_optimizer=False), trainer.optimizers):
         for sa, sb in zip(a.state_dict()["state"].values(), b.state_dict()["state"].values()):
             torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_linear_decay_is_constant_then_falls_linearly_to_zero() -> None:
+    from lightning_ebm.optim import LinearDecay
+
+    decay = LinearDecay(total_steps=10, start=0.6)
+    factors = [decay(step) for step in range(12)]
+    assert factors[:7] == [1.0] * 7  # constant until step 6 = 0.6 * 10
+    torch.testing.assert_close(torch.tensor(factors[6:]), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0, 0.0]))
+    assert LinearDecay(4)(0) == 1.0 and LinearDecay(4)(2) == 0.5
+    with pytest.raises(ValueError, match="start"):
+        LinearDecay(10, start=1.0)
+
+
+def test_lr_decay_ends_the_run_at_zero_for_all_three_players(tmp_path) -> None:
+    """Two epochs of 8 batches, decay over the second half: all three rates are the configured ones
+    after epoch 0 and 0 after the last batch; a run's length in ``max_steps`` is converted to batches."""
+    from lightning_ebm.datamodules import Toy2DDataModule
+
+    rates: list[list[float]] = []
+
+    class Rates(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: MEG) -> None:
+            rates.append([opt.param_groups[0]["lr"] for opt in trainer.optimizers])
+
+    model = tiny_meg(energy_lr=1e-3, generator_lr=2e-3, statistics_lr=3e-3, lr_decay="linear", lr_decay_start=0.5)
+    trainer = L.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+        default_root_dir=tmp_path, enable_model_summary=False, callbacks=[Rates()],
+    )  # fmt: skip
+    trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=512, batch_size=64))
+    assert rates == [[1e-3, 2e-3, 3e-3], [0.0, 0.0, 0.0]]
+    # max_steps counts optimiser steps: 5 energy steps per generator step make 7 per 5 batches.
+    trainer = L.Trainer(max_steps=70, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    model = tiny_meg(energy_steps=5, lr_decay="linear")
+    model.trainer = trainer
+    assert model._training_batches() == 50
 
 
 def test_data_of_the_wrong_size_is_a_short_error(tmp_path) -> None:

@@ -25,6 +25,7 @@ scored by ``||grad_x E(x)||^2`` (:meth:`MEG.anomaly_score`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from lightning_ebm.evaluation.anomaly import SCORES, anomaly_scores
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.objectives import jsd_mutual_information, score_penalty
+from lightning_ebm.optim import LinearDecay
 from lightning_ebm.samplers.langevin import langevin_dynamics, latent_mala, mala
 
 MCMC_CHOICES = ("none", "latent", "visible")
@@ -53,6 +55,11 @@ class MEG(EnergyBasedModel):
         energy_lr: Adam learning rate of the energy; ``generator_lr`` and ``statistics_lr`` likewise.
         betas: Adam's betas for the three networks (the paper: 0.5, 0.9).
         mi_weight: weight of ``I_JSD`` in the generator's loss (1 in the paper).
+        lr_decay: ``none`` (the paper: constant rates) or ``linear``: the three learning rates stay
+            constant, then fall linearly to 0 over the last ``1 - lr_decay_start`` of the run, so that
+            a short run ends on a settled pair of players instead of wherever the game's oscillation
+            happens to be.
+        lr_decay_start: fraction of the run's batches after which the linear decay begins.
         mcmc: sampler refining ``G(z)`` in :meth:`sample`: ``none``, ``latent`` or ``visible``.
         mcmc_steps: MCMC steps per sample.
         mcmc_step_size: Langevin step ``alpha`` (proposal ``x' = x - alpha grad U + sqrt(2 alpha) eps``).
@@ -81,6 +88,8 @@ class MEG(EnergyBasedModel):
         statistics_lr: float = 1e-4,
         betas: Sequence[float] = (0.5, 0.9),
         mi_weight: float = 1.0,
+        lr_decay: str = "none",
+        lr_decay_start: float = 0.0,
         mcmc: str = "none",
         mcmc_steps: int = 0,
         mcmc_step_size: float = 0.01,
@@ -95,6 +104,10 @@ class MEG(EnergyBasedModel):
             raise ValueError(f"mcmc must be one of {', '.join(MCMC_CHOICES)}, got {mcmc!r}")
         if anomaly_score not in SCORES:
             raise ValueError(f"anomaly_score must be one of {', '.join(SCORES)}, got {anomaly_score!r}")
+        if lr_decay not in ("none", "linear") or not 0 <= lr_decay_start < 1:
+            raise ValueError(
+                f"lr_decay must be 'none' or 'linear' and 0 <= lr_decay_start < 1, got {lr_decay!r}, {lr_decay_start}"
+            )
         if energy_steps < 1:
             raise ValueError(f"energy_steps must be at least 1, got {energy_steps}")
         if mcmc_temperature <= 0 or mcmc_step_size <= 0:
@@ -213,6 +226,9 @@ class MEG(EnergyBasedModel):
             metrics["grad_norm_energy"] = self.grad_norm(self.energy_net.parameters())
         opt_energy.step()
         self.energy_updates += 1
+        if self.hparams.get("lr_decay", "none") != "none":
+            for scheduler in self.lr_schedulers():  # one step per batch for all three players
+                scheduler.step()
 
         if log:
             metrics.update(
@@ -222,16 +238,45 @@ class MEG(EnergyBasedModel):
             )
             self.log_train_metrics(metrics, prog_bar=("energy_gap",))
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> Any:
         """Adam for each network; its fused kernel (one update per parameter tensor) on CPU and GPU,
-        about 5% faster per KDD99 step on a CPU (``benchmarks/throughput.py``)."""
+        about 5% faster per KDD99 step on a CPU (``benchmarks/throughput.py``). With ``lr_decay:
+        linear`` each gets a :class:`~lightning_ebm.optim.LinearDecay` stepped once per batch."""
         hp = self.hparams
         options = {"betas": tuple(hp.betas), "fused": self.device.type in ("cpu", "cuda") or None}
-        return [
+        optimizers = [
             torch.optim.Adam(self.energy_net.parameters(), lr=hp.energy_lr, **options),
             torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr, **options),
             torch.optim.Adam(self.statistics_net.parameters(), lr=hp.statistics_lr, **options),
         ]
+        if hp.get("lr_decay", "none") == "none":
+            return optimizers
+        decay = LinearDecay(self._training_batches(), hp.lr_decay_start)
+        schedulers = [
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, decay), "interval": "step"} for opt in optimizers
+        ]
+        return optimizers, schedulers
+
+    def _training_batches(self) -> int:
+        """Batches of the whole run, the clock of ``lr_decay``. ``max_steps`` counts optimiser steps, and a
+        batch makes one energy step plus, every ``energy_steps`` batches, a generator and a statistics step."""
+        trainer = self.trainer
+        batches = trainer.estimated_stepping_batches  # epochs x batches, or max_steps if smaller
+        if trainer.max_steps != -1 and batches == trainer.max_steps:
+            k = self.hparams.energy_steps
+            batches = math.ceil(trainer.max_steps * k / (k + 2))
+        return max(1, int(batches))
+
+    def on_train_start(self) -> None:
+        """The run's own length sets ``lr_decay``'s clock, also when it resumes a checkpoint written by a
+        run of another length; the current rates follow from it."""
+        if self.hparams.get("lr_decay", "none") == "none":
+            return
+        for scheduler in self.lr_schedulers():
+            decay = scheduler.lr_lambdas[0]
+            decay.total_steps = self._training_batches()
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * decay(scheduler.last_epoch)
 
     # ------------------------------------------------------------------ resuming
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.optim import LinearDecay
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli, sample_gaussian
 
 
@@ -573,5 +574,5 @@ class RBM(EnergyBasedModel):
         if hp.lr_decay == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
