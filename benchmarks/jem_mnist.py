@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         x_test, y_test = dm.test_data, dm.test_labels
         n_train = dm.train_data.shape[0]
 
-        jem, plain = build(args, px_weight=1.0), build(args, px_weight=0.0)
+        jem, plain = build(args, px_weight=args.px_weight), build(args, px_weight=0.0)
         guard = DivergenceGuard(max_energy=args.guard_max_energy, lr_factor=args.guard_lr_factor)
         jem_time = fit(jem, dm, args, guard=guard)
         plain_time = fit(plain, dm, args, guard=None)
@@ -194,6 +194,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--decay-epochs", type=int, nargs="*", default=[10, 11])
     parser.add_argument("--decay-rate", type=float, default=0.3)
+    parser.add_argument("--px-weight", type=float, default=1.0, help="weight of the p(x) term (JEM: 1)")
     parser.add_argument("--sgld-steps", type=int, default=20)
     parser.add_argument("--sgld-step-size", type=float, default=1.0)
     parser.add_argument("--sgld-noise", type=float, default=0.01)

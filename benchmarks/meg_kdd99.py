@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
 from lightning_ebm.callbacks import AnomalyDetection  # noqa: E402
 from lightning_ebm.cli import EBMCLI, resolve_config_args  # noqa: E402
+from lightning_ebm.evaluation.anomaly import top_fraction_metrics  # noqa: E402
 
 PUBLISHED = {"precision": 0.9307, "recall": 0.9472, "f1": 0.9389}
 
@@ -41,6 +42,24 @@ class EpochTimer(L.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
+class TestTrace(L.Callback):
+    """Prints the test half's gradient-norm F1 every ``every`` epochs: how the figure moves during
+    training (a trace for the reader; nothing is selected by it)."""
+
+    def __init__(self, every: int, seed: int) -> None:
+        self.every, self.seed = every, seed
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if (trainer.current_epoch + 1) % self.every:
+            return
+        dm = trainer.datamodule
+        if dm.test_data is None:
+            dm.setup("test")
+        scores = torch.cat([pl_module.anomaly_score(b.to(pl_module.device)).cpu() for b in dm.test_data.split(8192)])
+        f1 = top_fraction_metrics(scores, dm.test_labels, 0.2)["f1"]
+        print(f"seed {self.seed} epoch {trainer.current_epoch + 1} test F1 {f1:.4f}", flush=True)
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     root = tempfile.mkdtemp(prefix="lightning_ebm_kdd_")
     argv = ["--config", args.config, "--seed_everything", str(seed), "--data.seed", str(seed),
@@ -52,6 +71,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     cli = EBMCLI(args=resolve_config_args(argv), run=False)
     timer = EpochTimer()
     cli.trainer.callbacks.append(timer)
+    if args.trace:
+        cli.trainer.callbacks.append(TestTrace(args.trace, seed))
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     fit_time = time.perf_counter() - start
@@ -70,6 +91,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=55)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--trace", type=int, default=0, help="print the test F1 every N epochs (0: off)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:

@@ -229,3 +229,42 @@ def test_latent_mala_sampling_lowers_the_energy_of_the_samples() -> None:
     model.hparams.mcmc_steps = 0
     plain = model.sample(512, z=z)
     assert float(model.energy(refined).mean()) < float(model.energy(plain).mean())
+
+
+def test_lr_decay_is_linear_to_zero_for_both_players_and_resumes(tmp_path) -> None:
+    """``lr_decay: linear``: both rates constant for the first half, then down to 0 at the last batch;
+    a run killed in the middle of the decay and resumed ends with the uninterrupted run's parameters."""
+
+    class Killed(Exception):
+        pass
+
+    class Watch(L.Callback):
+        def __init__(self, kill_at: int | None) -> None:
+            self.kill_at, self.rates = kill_at, []
+
+        def on_train_batch_end(self, trainer: L.Trainer, *_: object) -> None:
+            self.rates.append([opt.param_groups[0]["lr"] for opt in trainer.optimizers])
+            if self.kill_at is not None and trainer.global_step >= self.kill_at:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+                raise Killed
+
+    def fit(kill_at: int | None = None, ckpt: str | None = None) -> tuple[DEM, Watch]:
+        L.seed_everything(0)
+        model = tiny_dem(energy_lr=0.04, generator_lr=0.02, lr_decay="linear", lr_decay_start=0.5)
+        watch = Watch(kill_at)
+        trainer = L.Trainer(
+            max_steps=2 * 20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            limit_val_batches=0, default_root_dir=tmp_path, callbacks=[watch],
+        )  # fmt: skip
+        trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=1280, batch_size=128), ckpt_path=ckpt)
+        return model, watch
+
+    straight, watch = fit()
+    factors = [energy / 0.04 for energy, _ in watch.rates]  # after each of the 20 batches
+    torch.testing.assert_close(torch.tensor(factors), torch.tensor([1.0] * 10 + [1 - k / 10 for k in range(1, 11)]))
+    assert all(generator == energy / 2 for energy, generator in watch.rates)
+    with pytest.raises(Killed):
+        fit(kill_at=2 * 14)  # in the middle of the decay
+    resumed, _ = fit(ckpt=str(tmp_path / "mid.ckpt"))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -339,11 +339,11 @@ def test_lr_decay_ends_the_run_at_zero_for_all_three_players(tmp_path) -> None:
     )  # fmt: skip
     trainer.fit(model, Toy2DDataModule(name="8gaussians", num_samples=512, batch_size=64))
     assert rates == [[1e-3, 2e-3, 3e-3], [0.0, 0.0, 0.0]]
-    # max_steps counts optimiser steps: 5 energy steps per generator step make 7 per 5 batches.
+    # max_steps counts optimiser steps: 5 energy updates per generator update make 7 per 5 batches.
     trainer = L.Trainer(max_steps=70, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     model = tiny_meg(energy_steps=5, lr_decay="linear")
     model.trainer = trainer
-    assert model._training_batches() == 50
+    assert model.training_batches() == 50
 
 
 def test_data_of_the_wrong_size_is_a_short_error(tmp_path) -> None:

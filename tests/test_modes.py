@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_ebm.datamodules import mode_centres, sample_toy2d
-from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima, spurious_minima
 
 
 def test_true_samples_cover_every_mode_uniformly() -> None:
@@ -88,3 +88,16 @@ def test_every_centre_of_the_true_mixture_is_an_energy_minimum_and_a_shifted_one
     assert modes_at_energy_minima(_mixture_energy(moved, std), centres, radius=0.1 * std) == 22
     # no minimum anywhere on a tilted plane
     assert modes_at_energy_minima(lambda x: x[:, 0], centres, radius=0.1) == 0
+
+
+@pytest.mark.parametrize("name", ["25gaussians", "8gaussians"])
+def test_the_true_mixture_has_no_spurious_minimum_and_an_extra_basin_is_one(name: str) -> None:
+    centres, std = mode_centres(name)
+    assert spurious_minima(_mixture_energy(centres, std), centres, std) == 0
+    neighbour = int(torch.cdist(centres[:1], centres[1:]).argmin()) + 1
+    between = (centres[0] + centres[neighbour]) / 2  # halfway between two neighbouring modes
+    assert spurious_minima(_mixture_energy(centres, std, spurious=between, weight=0.01), centres, std) == 1
+    # a broad basin at every mode (std x 8, as a short-trained energy has) is still no spurious minimum
+    assert spurious_minima(_mixture_energy(centres, 8 * std), centres, std) == 0
+    # a bowl centred between the modes has its one minimum there
+    assert spurious_minima(lambda x: (x - between).pow(2).sum(1), centres, std) == 1

@@ -1,5 +1,6 @@
 """The model density ``exp(-E)`` over a grid of the plane, for 2D data: plots, and a check for
-spurious modes (probability mass that the energy puts away from every mode of the data)."""
+spurious modes (probability mass that the energy puts away from every mode of the data, and local
+minima of the energy away from them)."""
 
 from __future__ import annotations
 
@@ -65,15 +66,52 @@ def mass_near_modes(
         device: where the energy is evaluated.
     """
     centres = centres.float().cpu()
-    lo, hi = centres.min(0).values, centres.max(0).values
-    margin = max(0.25 * float((hi - lo).max()), 6.0 * std)
-    bounds = (float(lo[0]) - margin, float(hi[0]) + margin, float(lo[1]) - margin, float(hi[1]) + margin)
-    size = max(bounds[1] - bounds[0], bounds[3] - bounds[2])
-    resolution = math.ceil(size / (0.5 * std)) + 1
-    gx, gy, log_density = density_grid(energy, bounds, resolution, device)
+    gx, gy, log_density = density_grid(energy, *_grid_around(centres, 0.5 * std, 6.0 * std), device)
     points = torch.stack([gx.flatten(), gy.flatten()], 1)
     near = torch.cdist(points, centres).min(1).values < threshold * std
     return float(log_density.flatten()[near].exp().sum())
+
+
+def _grid_around(centres: Tensor, spacing: float, min_margin: float) -> tuple[tuple[float, ...], int]:
+    """Bounds and resolution of a square grid over the centres' bounding box plus a quarter of its size
+    (at least ``min_margin``) on every side, with about ``spacing`` between points."""
+    lo, hi = centres.min(0).values, centres.max(0).values
+    margin = max(0.25 * float((hi - lo).max()), min_margin)
+    bounds = (float(lo[0]) - margin, float(hi[0]) + margin, float(lo[1]) - margin, float(hi[1]) + margin)
+    size = max(bounds[1] - bounds[0], bounds[3] - bounds[2])
+    return bounds, math.ceil(size / spacing) + 1
+
+
+@torch.no_grad()
+def spurious_minima(
+    energy: EnergyFn, centres: Tensor, std: float, radius: float = 6.0, device: torch.device | str = "cpu"
+) -> int:
+    """How many local minima the energy has away from every mode: spurious basins between the modes.
+
+    The energy is evaluated on the grid of :func:`mass_near_modes` (the modes' bounding box plus a
+    margin, spacing half a std); a grid point is a local minimum when it is strictly lower than its
+    eight neighbours (points on the grid's border are not counted). Minima farther than ``radius`` std
+    from every centre are spurious. The data's own mixture has none; an extra basin between two modes
+    is one.
+
+    Args:
+        energy: the model's ``energy`` on 2D points.
+        centres: ``(K, 2)`` mode centres.
+        std: standard deviation of each mode.
+        radius: how far from a centre (in std) a minimum still belongs to that mode.
+        device: where the energy is evaluated.
+    """
+    centres = centres.float().cpu()
+    gx, gy, log_density = density_grid(energy, *_grid_around(centres, 0.5 * std, 6.0 * std), device)
+    density = log_density[None, None].double()
+    neighbours = torch.nn.functional.unfold(density, 3).view(9, -1)  # 3x3 windows of interior points
+    centre_values = neighbours[4]
+    others = torch.cat([neighbours[:4], neighbours[5:]])
+    is_minimum = (centre_values[None] > others).all(0)  # highest density = lowest energy
+    points = torch.stack([gx[1:-1, 1:-1].flatten(), gy[1:-1, 1:-1].flatten()], 1)[is_minimum]
+    if len(points) == 0:
+        return 0
+    return int((torch.cdist(points, centres).min(1).values > radius * std).sum())
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from lightning_ebm.errors import UserError
 from lightning_ebm.nn.base import module_spec
+from lightning_ebm.optim import LinearDecay
 from lightning_ebm.rng import rng_states, seed_for_rank, set_rng_states
 
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
@@ -155,6 +156,43 @@ class EnergyBasedModel(NetworkModule, ABC):
         """Log ``metrics`` as ``train/<name>`` for this step (call it only when :attr:`should_log_step`)."""
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name in prog_bar)
+
+    # ------------------------------------------------------------------ learning-rate decay
+    optimizer_steps_per_batch: float = 1.0  # optimiser steps a batch makes on average (max_steps counts them)
+
+    def training_batches(self) -> int:
+        """Batches of the whole run: ``max_epochs`` x batches, or ``max_steps`` (which counts optimiser
+        steps) over :attr:`optimizer_steps_per_batch` when that ends the run first."""
+        trainer = self.trainer
+        batches = trainer.estimated_stepping_batches
+        if trainer.max_steps != -1 and batches == trainer.max_steps:
+            batches = math.ceil(trainer.max_steps / self.optimizer_steps_per_batch)
+        return max(1, int(batches))
+
+    def linear_lr_decay(self, optimizers: list[torch.optim.Optimizer], start: float) -> tuple[list, list]:
+        """``configure_optimizers``'s answer with a :class:`~lightning_ebm.optim.LinearDecay` (constant
+        for the first ``start`` of the run, then down to 0) for every optimiser; the method steps them
+        once per batch with :meth:`step_lr_schedulers` (manual optimisation)."""
+        decay = LinearDecay(self.training_batches(), start)
+        scheduler = torch.optim.lr_scheduler.LambdaLR
+        return optimizers, [{"scheduler": scheduler(opt, decay), "interval": "step"} for opt in optimizers]
+
+    def step_lr_schedulers(self) -> None:
+        """One step of every learning-rate scheduler (call once per batch)."""
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+    def on_train_start(self) -> None:
+        """The run's own length sets the clock of every :class:`~lightning_ebm.optim.LinearDecay`, also
+        when it resumes a checkpoint written by a run of another length; the current rates follow."""
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            decay = getattr(scheduler, "lr_lambdas", [None])[0]
+            if isinstance(decay, LinearDecay):
+                decay.total_steps = self.training_batches()
+                for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                    group["lr"] = base * decay(scheduler.last_epoch)
 
     def on_fit_start(self) -> None:
         """Under DDP, give each process its own random stream (a resumed run restores its own instead)."""

@@ -47,6 +47,9 @@ class DEM(EnergyBasedModel):
         latent_distribution: ``uniform`` (U(-1, 1), the paper) or ``normal``.
         optimizer: ``adagrad`` (the paper) or ``adam`` (betas 0.5, 0.999).
         energy_lr: learning rate of the energy; ``generator_lr`` of the generator.
+        lr_decay: ``none`` (the paper) or ``linear``: both learning rates stay constant, then fall
+            linearly to 0 over the last ``1 - lr_decay_start`` of the run (as in :class:`MEG`).
+        lr_decay_start: fraction of the run's batches after which the linear decay begins.
         energy_weight_decay: L2 penalty on the energy's parameters (authors' code: 1e-5).
         entropy_weight: weight of the entropy term of the generator loss (1 is the KL of Eq. 13).
         entropy_reduction: ``sum`` over batch-norm units (Eq. 15) or ``mean`` (authors' code).
@@ -77,6 +80,8 @@ class DEM(EnergyBasedModel):
         optimizer: str = "adagrad",
         energy_lr: float = 1e-2,
         generator_lr: float = 1e-2,
+        lr_decay: str = "none",
+        lr_decay_start: float = 0.0,
         energy_weight_decay: float = 1e-5,
         entropy_weight: float = 1.0,
         entropy_reduction: str = "sum",
@@ -95,6 +100,10 @@ class DEM(EnergyBasedModel):
             raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
         if entropy_reduction not in ("sum", "mean"):
             raise ValueError(f"entropy_reduction must be 'sum' or 'mean', got {entropy_reduction!r}")
+        if lr_decay not in ("none", "linear") or not 0 <= lr_decay_start < 1:
+            raise ValueError(
+                f"lr_decay must be 'none' or 'linear' and 0 <= lr_decay_start < 1, got {lr_decay!r}, {lr_decay_start}"
+            )
         if mcmc_steps < 0 or mcmc_step_size <= 0 or mcmc_temperature <= 0:
             raise ValueError("mcmc_steps must be >= 0, mcmc_step_size and mcmc_temperature positive")
         self.automatic_optimization = False
@@ -192,6 +201,8 @@ class DEM(EnergyBasedModel):
             if log:
                 metrics["grad_norm_energy"] = self.grad_norm(self.energy_net.parameters())
             opt_energy.step()
+        if self.hparams.get("lr_decay", "none") != "none":
+            self.step_lr_schedulers()
 
         if log:
             metrics.update(
@@ -207,10 +218,16 @@ class DEM(EnergyBasedModel):
                 metrics["gradient_penalty"] = logs_e["gradient_penalty"]
             self.log_train_metrics(metrics, prog_bar=("energy_gap",))
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> Any:
         hp = self.hparams
         cls = _OPTIMIZERS[hp.optimizer]
         extra: dict[str, Any] = {"betas": (0.5, 0.999)} if hp.optimizer == "adam" else {}
         opt_energy = cls(self.energy_net.parameters(), lr=hp.energy_lr, weight_decay=hp.energy_weight_decay, **extra)
         opt_generator = cls(self.generator.parameters(), lr=hp.generator_lr, **extra)
-        return [opt_energy, opt_generator]
+        if hp.get("lr_decay", "none") == "none":
+            return [opt_energy, opt_generator]
+        return self.linear_lr_decay([opt_energy, opt_generator], hp.lr_decay_start)
+
+    @property
+    def optimizer_steps_per_batch(self) -> float:  # one generator and energy_steps energy updates
+        return 1 + self.hparams.energy_steps

@@ -25,7 +25,6 @@ scored by ``||grad_x E(x)||^2`` (:meth:`MEG.anomaly_score`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +34,6 @@ from torch import Tensor, nn
 from lightning_ebm.evaluation.anomaly import SCORES, anomaly_scores
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.objectives import jsd_mutual_information, score_penalty
-from lightning_ebm.optim import LinearDecay
 from lightning_ebm.samplers.langevin import langevin_dynamics, latent_mala, mala
 
 MCMC_CHOICES = ("none", "latent", "visible")
@@ -227,8 +225,7 @@ class MEG(EnergyBasedModel):
         opt_energy.step()
         self.energy_updates += 1
         if self.hparams.get("lr_decay", "none") != "none":
-            for scheduler in self.lr_schedulers():  # one step per batch for all three players
-                scheduler.step()
+            self.step_lr_schedulers()  # one step per batch for all three players
 
         if log:
             metrics.update(
@@ -251,32 +248,11 @@ class MEG(EnergyBasedModel):
         ]
         if hp.get("lr_decay", "none") == "none":
             return optimizers
-        decay = LinearDecay(self._training_batches(), hp.lr_decay_start)
-        schedulers = [
-            {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, decay), "interval": "step"} for opt in optimizers
-        ]
-        return optimizers, schedulers
+        return self.linear_lr_decay(optimizers, hp.lr_decay_start)
 
-    def _training_batches(self) -> int:
-        """Batches of the whole run, the clock of ``lr_decay``. ``max_steps`` counts optimiser steps, and a
-        batch makes one energy step plus, every ``energy_steps`` batches, a generator and a statistics step."""
-        trainer = self.trainer
-        batches = trainer.estimated_stepping_batches  # epochs x batches, or max_steps if smaller
-        if trainer.max_steps != -1 and batches == trainer.max_steps:
-            k = self.hparams.energy_steps
-            batches = math.ceil(trainer.max_steps * k / (k + 2))
-        return max(1, int(batches))
-
-    def on_train_start(self) -> None:
-        """The run's own length sets ``lr_decay``'s clock, also when it resumes a checkpoint written by a
-        run of another length; the current rates follow from it."""
-        if self.hparams.get("lr_decay", "none") == "none":
-            return
-        for scheduler in self.lr_schedulers():
-            decay = scheduler.lr_lambdas[0]
-            decay.total_steps = self._training_batches()
-            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base * decay(scheduler.last_epoch)
+    @property
+    def optimizer_steps_per_batch(self) -> float:  # an energy step, and G and T every energy_steps batches
+        return 1 + 2 / self.hparams.energy_steps
 
     # ------------------------------------------------------------------ resuming
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
