@@ -160,6 +160,12 @@ class EnergyBasedModel(NetworkModule, ABC):
     # ------------------------------------------------------------------ learning-rate decay
     optimizer_steps_per_batch: float = 1.0  # optimiser steps a batch makes on average (max_steps counts them)
 
+    @staticmethod
+    def check_lr_decay(lr_decay: str, start: float) -> None:
+        """Validate the ``lr_decay`` / ``lr_decay_start`` options of a method."""
+        if lr_decay not in ("none", "linear") or not 0 <= start < 1:
+            raise ValueError(f"lr_decay is 'none' or 'linear', 0 <= lr_decay_start < 1; got {lr_decay!r}, {start}")
+
     def training_batches(self) -> int:
         """Batches of the whole run: ``max_epochs`` x batches, or ``max_steps`` (which counts optimiser
         steps) over :attr:`optimizer_steps_per_batch` when that ends the run first."""
@@ -178,7 +184,10 @@ class EnergyBasedModel(NetworkModule, ABC):
         return optimizers, [{"scheduler": scheduler(opt, decay), "interval": "step"} for opt in optimizers]
 
     def step_lr_schedulers(self) -> None:
-        """One step of every learning-rate scheduler (call once per batch)."""
+        """One step of every learning-rate scheduler when the method's ``lr_decay`` is on (call once per
+        batch)."""
+        if self.hparams.get("lr_decay", "none") == "none":
+            return
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()

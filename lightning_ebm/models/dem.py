@@ -100,10 +100,7 @@ class DEM(EnergyBasedModel):
             raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
         if entropy_reduction not in ("sum", "mean"):
             raise ValueError(f"entropy_reduction must be 'sum' or 'mean', got {entropy_reduction!r}")
-        if lr_decay not in ("none", "linear") or not 0 <= lr_decay_start < 1:
-            raise ValueError(
-                f"lr_decay must be 'none' or 'linear' and 0 <= lr_decay_start < 1, got {lr_decay!r}, {lr_decay_start}"
-            )
+        self.check_lr_decay(lr_decay, lr_decay_start)
         if mcmc_steps < 0 or mcmc_step_size <= 0 or mcmc_temperature <= 0:
             raise ValueError("mcmc_steps must be >= 0, mcmc_step_size and mcmc_temperature positive")
         self.automatic_optimization = False
@@ -201,8 +198,7 @@ class DEM(EnergyBasedModel):
             if log:
                 metrics["grad_norm_energy"] = self.grad_norm(self.energy_net.parameters())
             opt_energy.step()
-        if self.hparams.get("lr_decay", "none") != "none":
-            self.step_lr_schedulers()
+        self.step_lr_schedulers()
 
         if log:
             metrics.update(

@@ -102,10 +102,7 @@ class MEG(EnergyBasedModel):
             raise ValueError(f"mcmc must be one of {', '.join(MCMC_CHOICES)}, got {mcmc!r}")
         if anomaly_score not in SCORES:
             raise ValueError(f"anomaly_score must be one of {', '.join(SCORES)}, got {anomaly_score!r}")
-        if lr_decay not in ("none", "linear") or not 0 <= lr_decay_start < 1:
-            raise ValueError(
-                f"lr_decay must be 'none' or 'linear' and 0 <= lr_decay_start < 1, got {lr_decay!r}, {lr_decay_start}"
-            )
+        self.check_lr_decay(lr_decay, lr_decay_start)
         if energy_steps < 1:
             raise ValueError(f"energy_steps must be at least 1, got {energy_steps}")
         if mcmc_temperature <= 0 or mcmc_step_size <= 0:
@@ -224,8 +221,7 @@ class MEG(EnergyBasedModel):
             metrics["grad_norm_energy"] = self.grad_norm(self.energy_net.parameters())
         opt_energy.step()
         self.energy_updates += 1
-        if self.hparams.get("lr_decay", "none") != "none":
-            self.step_lr_schedulers()  # one step per batch for all three players
+        self.step_lr_schedulers()  # one step per batch for all three players
 
         if log:
             metrics.update(
