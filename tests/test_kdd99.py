@@ -43,6 +43,20 @@ def test_protocol_on_a_small_file(small_kdd: Path) -> None:
     assert x.dtype == torch.float32 and y.dtype == torch.int64
 
 
+def test_scaling_none_keeps_the_raw_numeric_columns(small_kdd: Path) -> None:
+    raw = KDD99DataModule(small_kdd, batch_size=32, seed=1, scaling="none")
+    raw.setup()
+    scaled = KDD99DataModule(small_kdd, batch_size=32, seed=1)
+    scaled.setup()
+    numeric = raw.train_data[:, : len(NUMERIC)]
+    low, high = numeric.min(0).values, numeric.max(0).values
+    span = torch.where(high > low, high - low, torch.ones_like(high))
+    torch.testing.assert_close((numeric - low) / span, scaled.train_data[:, : len(NUMERIC)])
+    assert torch.equal(raw.train_data[:, len(NUMERIC) :], scaled.train_data[:, len(NUMERIC) :])
+    with pytest.raises(UserError, match="scaling must be"):
+        KDD99DataModule(small_kdd, scaling="zscore")
+
+
 def test_the_same_seed_gives_the_same_split(small_kdd: Path) -> None:
     a, b, c = (KDD99DataModule(small_kdd, batch_size=32, seed=s) for s in (3, 3, 4))
     for dm in (a, b, c):

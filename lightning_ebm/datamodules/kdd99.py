@@ -97,6 +97,10 @@ class KDD99DataModule(LabelledTensorLoaders, L.LightningDataModule):
         seed: seed of the 50/50 split, the validation hold-out and the shuffling.
         val_fraction: fraction of the first half held out for validation (0: the published protocol).
         eval_batch_size: batch size of validation and test.
+        scaling: ``minmax`` (the protocol: numeric columns scaled to [0, 1] on the training rows) or
+            ``none``, the numeric columns left raw, as the widely copied original preprocessing (and
+            so the MEG authors' script) ends up doing because it never assigns the scaled result; only
+            for comparisons with those published figures.
     """
 
     def __init__(
@@ -107,12 +111,15 @@ class KDD99DataModule(LabelledTensorLoaders, L.LightningDataModule):
         seed: int = 0,
         val_fraction: float = 0.0,
         eval_batch_size: int = 8192,
+        scaling: str = "minmax",
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        if scaling not in ("minmax", "none"):
+            raise UserError(f"scaling must be 'minmax' or 'none', got {scaling!r}")
         self.save_hyperparameters()
         self.data_dir = os.path.expanduser(str(data_dir))
         self.download = download
@@ -120,6 +127,7 @@ class KDD99DataModule(LabelledTensorLoaders, L.LightningDataModule):
         self.seed = seed
         self.val_fraction = val_fraction
         self.eval_batch_size = eval_batch_size
+        self.scaling = scaling
         self.train_data: Tensor | None = None
         self.train_labels: Tensor | None = None
         self.val_data: Tensor | None = None
@@ -202,6 +210,8 @@ class KDD99DataModule(LabelledTensorLoaders, L.LightningDataModule):
         train_numeric = numeric[train.numpy()]
         low, high = train_numeric.min(0), train_numeric.max(0)
         span = np.where(high > low, high - low, 1.0)  # a constant column is shifted, not divided by 0
+        if self.scaling == "none":  # the authors' preprocessing bug, for comparisons only
+            low, span = np.zeros_like(low), np.ones_like(span)
         features = np.concatenate([(numeric - low) / span, one_hot(symbolic)], axis=1).astype(np.float32)
         x = torch.from_numpy(features)
         self.num_features = x.shape[1]
