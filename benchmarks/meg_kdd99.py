@@ -63,7 +63,7 @@ class TestTrace(L.Callback):
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     root = tempfile.mkdtemp(prefix="lightning_ebm_kdd_")
     argv = ["--config", args.config, "--seed_everything", str(seed), "--data.seed", str(seed),
-            "--data.data_dir", args.data_dir, "--data.val_fraction", "0",
+            "--data.data_dir", args.data_dir, "--data.val_fraction", "0", "--data.scaling", args.scaling,
             "--trainer.max_epochs", str(args.epochs), "--trainer.default_root_dir", root,
             "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
             "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0", "--checkpoint.monitor", "null",
@@ -91,6 +91,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=55)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument(
+        "--scaling",
+        default="minmax",
+        choices=["minmax", "none"],
+        help="none: numeric columns unscaled, as in the authors' preprocessing (the paper's figures)",
+    )
     parser.add_argument("--trace", type=int, default=0, help="print the test F1 every N epochs (0: off)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
