@@ -188,15 +188,18 @@ class EnergyBasedModel(NetworkModule, ABC):
         batch)."""
         if self.hparams.get("lr_decay", "none") == "none":
             return
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        for scheduler in self._scheduler_list():
             scheduler.step()
+
+    def _scheduler_list(self) -> list:
+        """``lr_schedulers()`` as a list (Lightning gives ``None``, one scheduler or a list)."""
+        schedulers = self.lr_schedulers()
+        return schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
 
     def on_train_start(self) -> None:
         """The run's own length sets the clock of every :class:`~lightning_ebm.optim.LinearDecay`, also
         when it resumes a checkpoint written by a run of another length; the current rates follow."""
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+        for scheduler in self._scheduler_list():
             decay = getattr(scheduler, "lr_lambdas", [None])[0]
             if isinstance(decay, LinearDecay):
                 decay.total_steps = self.training_batches()

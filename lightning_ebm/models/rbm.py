@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ebm.models.base import EnergyBasedModel
-from lightning_ebm.optim import LinearDecay
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli, sample_gaussian
 
 
@@ -462,6 +461,7 @@ class RBM(EnergyBasedModel):
     test_step = validation_step
 
     def on_train_start(self) -> None:
+        super().on_train_start()  # the run's own length sets the lr decay's clock (also when resumed)
         if self.hparams.init_visible_bias and self.global_step == 0:
             self.init_visible_bias_from(self.trainer)
         self._set_momentum()
@@ -573,6 +573,4 @@ class RBM(EnergyBasedModel):
         optimizer = self.build_optimizer()
         if hp.lr_decay == "none":
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.linear_lr_decay([optimizer], start=0.0)
