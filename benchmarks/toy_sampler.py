@@ -4,7 +4,8 @@ The generator alone, and latent-space MALA (``lightning_ebm.samplers.latent_mala
 temperatures, step counts and step sizes, on the same checkpoint: the VEEGAN/PacGAN metrics
 (modes covered, fraction of high-quality samples, KL to the uniform mode histogram) and the chains'
 acceptance rate; and two checks of the energy itself: how many centres are strict local minima and
-the share of ``exp(-E)`` near the modes (``evaluation.modes_at_energy_minima``, ``mass_near_modes``).
+the share of ``exp(-E)`` near the modes and how much sharper its basins are than the data's modes
+(``evaluation.modes_at_energy_minima``, ``mass_near_modes``, ``mode_sharpness``).
 Example::
 
     python benchmarks/toy_sampler.py lightning_logs/meg_toy/version_0/checkpoints/last.ckpt \\
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
 from lightning_ebm.datamodules import mode_centres  # noqa: E402
-from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima  # noqa: E402
+from lightning_ebm.evaluation import mass_near_modes, mode_metrics, mode_sharpness, modes_at_energy_minima  # noqa: E402
 from lightning_ebm.models import DEM, MEG  # noqa: E402
 
 
@@ -43,8 +44,10 @@ def main() -> None:
     with torch.no_grad():
         minima = modes_at_energy_minima(model.energy, centres, radius=0.1)
         mass = mass_near_modes(model.energy, centres, std)
+        sharpness = mode_sharpness(model.energy, centres, std)
     print(f"energy: {minima} of {len(centres)} centres are strict local minima (ring of radius 0.1), "
-          f"mass of exp(-E) within 3 std of the modes {mass:.3f}")  # fmt: skip
+          f"mass of exp(-E) within 3 std of the modes {mass:.3f}, basins {sharpness:.1f} times as sharp "
+          f"as the data's modes (evaluation.mode_sharpness)")  # fmt: skip
     for spec in args.samplers:
         temperature, steps, step_size = spec.split(":")
         hp = model.hparams

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from lightning_ebm.datamodules import mode_centres, sample_toy2d
-from lightning_ebm.evaluation import mass_near_modes, mode_metrics, modes_at_energy_minima, spurious_minima
+from lightning_ebm.evaluation import (
+    mass_near_modes,
+    mode_metrics,
+    mode_sharpness,
+    modes_at_energy_minima,
+    spurious_minima,
+)
 
 
 def test_true_samples_cover_every_mode_uniformly() -> None:
@@ -101,3 +107,21 @@ def test_the_true_mixture_has_no_spurious_minimum_and_an_extra_basin_is_one(name
     assert spurious_minima(_mixture_energy(centres, 8 * std), centres, std) == 0
     # a bowl centred between the modes has its one minimum there
     assert spurious_minima(lambda x: (x - between).pow(2).sum(1), centres, std) == 1
+
+
+@pytest.mark.parametrize("name", ["25gaussians", "8gaussians"])
+def test_mode_sharpness_is_one_for_the_true_mixture_and_scales_with_the_energy(name: str) -> None:
+    centres, std = mode_centres(name)
+    energy = _mixture_energy(centres, std)
+    assert mode_sharpness(energy, centres, std) == pytest.approx(1.0, rel=1e-3)
+    # an energy 100 times as sharp (the temperature 1/100 version of the mixture) reads 100; basins
+    # twice as wide as the data's read 1/4
+    assert mode_sharpness(lambda x: 100 * energy(x), centres, std) == pytest.approx(100.0, rel=1e-3)
+    assert mode_sharpness(_mixture_energy(centres, 2 * std), centres, std) == pytest.approx(0.25, rel=1e-2)
+
+    # an anisotropic quadratic bowl at each centre: the mean of its two curvatures
+    def bowl(x: torch.Tensor) -> torch.Tensor:
+        squares = (x[:, None].double() - centres.double()) ** 2 * torch.tensor([1.0, 9.0], dtype=torch.float64)
+        return (squares / (2 * std**2)).sum(2).min(1).values
+
+    assert mode_sharpness(bowl, centres, std) == pytest.approx(5.0, rel=1e-3)

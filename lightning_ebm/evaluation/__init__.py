@@ -8,7 +8,13 @@ from lightning_ebm.evaluation.anomaly import (
     top_fraction_metrics,
 )
 from lightning_ebm.evaluation.calibration import calibration_bins, expected_calibration_error, reliability_diagram
-from lightning_ebm.evaluation.landscape import density_grid, mass_near_modes, modes_at_energy_minima, spurious_minima
+from lightning_ebm.evaluation.landscape import (
+    density_grid,
+    mass_near_modes,
+    mode_sharpness,
+    modes_at_energy_minima,
+    spurious_minima,
+)
 from lightning_ebm.evaluation.likelihood import (
     base_rate_bias,
     estimate_log_partition,
@@ -33,6 +39,7 @@ __all__ = [
     "base_rate_bias",
     "density_grid",
     "mass_near_modes",
+    "mode_sharpness",
     "modes_at_energy_minima",
     "spurious_minima",
     "estimate_log_partition",
