@@ -62,11 +62,12 @@ def mnist_module(source_dir: Path, work_dir: Path, batch_size: int) -> MNISTData
     return dm
 
 
-def build(args: argparse.Namespace, px_weight: float) -> JEM:
+def build(args: argparse.Namespace, px_weight: float, pxy_weight: float = 0.0) -> JEM:
     torch.manual_seed(args.seed)  # both models start from the same weights
     net = ConvClassifier(channels=args.channels, hidden=args.hidden, activation="leaky_relu")
     return JEM(
-        net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, lr=args.lr, warmup_steps=args.warmup,
+        net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, pxy_weight=pxy_weight, lr=args.lr,
+        warmup_steps=args.warmup,
         decay_epochs=args.decay_epochs, decay_rate=args.decay_rate, sgld_steps=args.sgld_steps,
         sgld_step_size=args.sgld_step_size, sgld_noise=args.sgld_noise, buffer_size=args.buffer_size,
         reinit_prob=args.reinit_prob, energy_l2=args.energy_l2, sgld_clamp=args.sgld_clamp,
@@ -75,10 +76,15 @@ def build(args: argparse.Namespace, px_weight: float) -> JEM:
 
 class Progress(L.Callback):
     """Prints the step's energies and how far the buffer has left the data's box every ``every`` steps,
-    and held-out accuracy, ECE and mean confidence after each epoch (draws no random numbers)."""
+    and after each epoch accuracy, ECE, mean confidence and mean energy on the held-out images and on
+    as many training images (a gap between the two is the generative term fitting the training set;
+    draws no random numbers)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, every: int) -> None:
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, x_train: torch.Tensor, y_train: torch.Tensor, every: int
+    ) -> None:
         self.x, self.y, self.every = x, y, every
+        self.x_train, self.y_train = x_train[: len(x)], y_train[: len(x)]
 
     def on_train_batch_end(self, trainer: L.Trainer, model: JEM, *_: object) -> None:
         if trainer.global_step % self.every == 0:
@@ -90,16 +96,19 @@ class Progress(L.Callback):
             print(f"step {trainer.global_step} {line}", flush=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, model: JEM) -> None:
-        metrics = {k: round(v, 4) for k, v in evaluate(model, self.x, self.y).items() if k != "reliability"}
+        for name, x, y in (("held-out", self.x, self.y), ("training", self.x_train, self.y_train)):
+            metrics = {k: round(v, 4) for k, v in evaluate(model, x, y).items() if k != "reliability"}
+            with torch.no_grad():
+                metrics["energy"] = round(float(torch.cat([model.energy(b) for b in x.split(500)]).mean()), 2)
+            print(f"epoch {trainer.current_epoch} {name} {metrics}", flush=True)
         model.train()
-        print(f"epoch {trainer.current_epoch} held-out {metrics}", flush=True)
 
 
 def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: DivergenceGuard | None) -> float:
     L.seed_everything(args.seed, verbose=False)
     callbacks = [guard] if guard else []
     if args.progress:
-        callbacks.append(Progress(dm.test_data, dm.test_labels, args.progress))
+        callbacks.append(Progress(dm.test_data, dm.test_labels, dm.train_data, dm.train_labels, args.progress))
     trainer = L.Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", callbacks=callbacks,
@@ -137,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         x_test, y_test = dm.test_data, dm.test_labels
         n_train = dm.train_data.shape[0]
 
-        jem, plain = build(args, px_weight=args.px_weight), build(args, px_weight=0.0)
+        jem, plain = build(args, args.px_weight, args.pxy_weight), build(args, px_weight=0.0)
         guard = DivergenceGuard(max_energy=args.guard_max_energy, lr_factor=args.guard_lr_factor)
         jem_time = fit(jem, dm, args, guard=guard)
         plain_time = fit(plain, dm, args, guard=None)
@@ -176,6 +185,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             from torchvision.utils import save_image
 
             save_image((conditional + 1) / 2, args.grid, nrow=args.per_class)
+    if args.save:
+        state = {"jem": jem.state_dict(), "buffer": jem.replay_buffer.samples, "plain": plain.state_dict()}
+        torch.save(state, args.save)
     if args.reliability:
         for name, model in (("jem", jem), ("plain", plain)):
             with torch.no_grad():
@@ -195,6 +207,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decay-epochs", type=int, nargs="*", default=[10, 11])
     parser.add_argument("--decay-rate", type=float, default=0.3)
     parser.add_argument("--px-weight", type=float, default=1.0, help="weight of the p(x) term (JEM: 1)")
+    parser.add_argument("--pxy-weight", type=float, default=0.0, help="weight of the class-conditional p(x|y) term")
     parser.add_argument("--sgld-steps", type=int, default=20)
     parser.add_argument("--sgld-step-size", type=float, default=1.0)
     parser.add_argument("--sgld-noise", type=float, default=0.01)
@@ -216,6 +229,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reliability", default="", help="reliability diagrams: X.png gives X_jem.png, X_plain.png")
     parser.add_argument("--progress", type=int, default=0, help="print energies every N steps and held-out metrics")
     parser.add_argument("--out", default="", help="write the results as JSON here")
+    parser.add_argument("--save", default="", help="save both trained models here (state dicts, with JEM's buffer)")
     return parser.parse_args(argv)
 
 
