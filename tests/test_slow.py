@@ -35,6 +35,10 @@ def _train(tmp_path: Path, *extra: str, config: str = "dem_toy") -> tuple[DEM | 
 
 
 def test_dem_toy_25gaussians(tmp_path: Path) -> None:
+    """Issue 2's bar for dem_toy.yaml at its default length, on a 2-core CPU as a user runs it
+    (PyTorch's two threads): under 10 minutes, >= 23 of 25 modes, >= 80% high-quality samples, and a
+    minimum of the energy at (nearly) every mode."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the issue's budget is for a 2-core CPU
     model, elapsed = _train(tmp_path)
     assert elapsed < 600, f"the default length took {elapsed:.0f} s"
     centres, std = mode_centres("25gaussians")
