@@ -47,7 +47,7 @@ from lightning_ebm.nn import ConvClassifier  # noqa: E402
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
-def mnist_module(source_dir: Path, work_dir: Path, batch_size: int) -> MNISTDataModule:
+def mnist_module(source_dir: Path, work_dir: Path, batch_size: int, val_size: int = 0) -> MNISTDataModule:
     raw = work_dir / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in TEST_FILES:
@@ -55,7 +55,7 @@ def mnist_module(source_dir: Path, work_dir: Path, batch_size: int) -> MNISTData
             raise SystemExit(f"{source_dir / name} is missing: point --data-dir at the MNIST test files")
         shutil.copyfile(source_dir / name, raw / name)
     dm = MNISTDataModule(
-        data_dir=str(work_dir), source="test-split", value_range="symmetric", val_size=0, test_size=2000,
+        data_dir=str(work_dir), source="test-split", value_range="symmetric", val_size=val_size, test_size=2000,
         batch_size=batch_size,
     )  # fmt: skip
     dm.setup("fit")
@@ -108,7 +108,8 @@ def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: Diverg
     L.seed_everything(args.seed, verbose=False)
     callbacks = [guard] if guard else []
     if args.progress:
-        callbacks.append(Progress(dm.test_data, dm.test_labels, dm.train_data, dm.train_labels, args.progress))
+        x, y = (dm.val_data, dm.val_labels) if args.val_size else (dm.test_data, dm.test_labels)
+        callbacks.append(Progress(x, y, dm.train_data, dm.train_labels, args.progress))
     trainer = L.Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", callbacks=callbacks,
@@ -142,8 +143,10 @@ def evaluate(model: JEM, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        dm = mnist_module(Path(args.data_dir), Path(tmp), args.batch_size)
-        x_test, y_test = dm.test_data, dm.test_labels
+        dm = mnist_module(Path(args.data_dir), Path(tmp), args.batch_size, args.val_size)
+        # --val-size N: train on the rest, evaluate on the N validation images (for choosing settings
+        # without looking at the 2,000 held-out ones)
+        x_test, y_test = (dm.val_data, dm.val_labels) if args.val_size else (dm.test_data, dm.test_labels)
         n_train = dm.train_data.shape[0]
 
         jem, plain = build(args, args.px_weight, args.pxy_weight), build(args, px_weight=0.0)
@@ -151,7 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         jem_time = fit(jem, dm, args, guard=guard)
         plain_time = fit(plain, dm, args, guard=None)
 
-    results: dict[str, object] = {"settings": vars(args), "train_size": n_train, "held_out_size": int(y_test.numel())}
+    results: dict[str, object] = {"settings": vars(args), "train_size": n_train, "held_out_size": int(y_test.numel()),
+                                  "evaluated_on": "validation" if args.val_size else "held-out"}  # fmt: skip
     results["guard"] = {"recoveries": guard.recoveries, "events": guard.events}
     results["jem"] = {**evaluate(jem, x_test, y_test), "train_time_s": jem_time,
                       "train_examples_per_s": args.epochs * n_train / jem_time}  # fmt: skip
@@ -224,6 +228,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--cond-steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-size", type=int, default=0,
+                        help="hold out N training images and report on them instead of the held-out split")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grid", default="", help="PNG of the conditional samples (one row per class)")
     parser.add_argument("--reliability", default="", help="reliability diagrams: X.png gives X_jem.png, X_plain.png")
