@@ -16,7 +16,8 @@ weight 0 (no SGLD). Printed and written as JSON:
 The defaults are the recipe of ``jem_mnist.yaml`` on this split: 20 epochs, Adam 1e-3 with the paper's
 x0.3 decay at 80% and 90% of training, the paper's SGLD and buffer projected onto [-1, 1], no energy
 regulariser (README, JEM section). ``--progress N`` prints the energies every N steps and held-out
-metrics after each epoch.
+metrics after each epoch. ``--val-size N`` trains on all but N of the 8,000 training images and
+reports on those N instead of the held-out images (``"evaluated_on"`` in the JSON says which).
 
     python benchmarks/jem_mnist.py --data-dir ../shared/data/mnist --grid benchmarks/jem_mnist_conditional_samples.png \
         --reliability benchmarks/jem_mnist_reliability.png --out benchmarks/results_jem_mnist_cpu.json
@@ -62,6 +63,12 @@ def mnist_module(source_dir: Path, work_dir: Path, batch_size: int, val_size: in
     return dm
 
 
+def evaluation_split(dm: MNISTDataModule, args: argparse.Namespace) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The name and the images the results report on: the ``--val-size`` validation images when there
+    are any (for choosing settings without looking at the 2,000 held-out ones), else the held-out ones."""
+    return ("validation", dm.val_data, dm.val_labels) if args.val_size else ("held-out", dm.test_data, dm.test_labels)
+
+
 def build(args: argparse.Namespace, px_weight: float, pxy_weight: float = 0.0) -> JEM:
     torch.manual_seed(args.seed)  # both models start from the same weights
     net = ConvClassifier(channels=args.channels, hidden=args.hidden, activation="leaky_relu")
@@ -76,14 +83,14 @@ def build(args: argparse.Namespace, px_weight: float, pxy_weight: float = 0.0) -
 
 class Progress(L.Callback):
     """Prints the step's energies and how far the buffer has left the data's box every ``every`` steps,
-    and after each epoch accuracy, ECE, mean confidence and mean energy on the held-out images and on
-    as many training images (a gap between the two is the generative term fitting the training set;
-    draws no random numbers)."""
+    and after each epoch accuracy, ECE, mean confidence and mean energy on the images the results
+    report on (held-out, or validation with ``--val-size``) and on as many training images (a gap
+    between the two is the generative term fitting the training set; draws no random numbers)."""
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, x_train: torch.Tensor, y_train: torch.Tensor, every: int
+        self, name: str, x: torch.Tensor, y: torch.Tensor, x_train: torch.Tensor, y_train: torch.Tensor, every: int
     ) -> None:
-        self.x, self.y, self.every = x, y, every
+        self.name, self.x, self.y, self.every = name, x, y, every
         self.x_train, self.y_train = x_train[: len(x)], y_train[: len(x)]
 
     def on_train_batch_end(self, trainer: L.Trainer, model: JEM, *_: object) -> None:
@@ -96,7 +103,7 @@ class Progress(L.Callback):
             print(f"step {trainer.global_step} {line}", flush=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, model: JEM) -> None:
-        for name, x, y in (("held-out", self.x, self.y), ("training", self.x_train, self.y_train)):
+        for name, x, y in ((self.name, self.x, self.y), ("training", self.x_train, self.y_train)):
             metrics = {k: round(v, 4) for k, v in evaluate(model, x, y).items() if k != "reliability"}
             with torch.no_grad():
                 metrics["energy"] = round(float(torch.cat([model.energy(b) for b in x.split(500)]).mean()), 2)
@@ -108,8 +115,7 @@ def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: Diverg
     L.seed_everything(args.seed, verbose=False)
     callbacks = [guard] if guard else []
     if args.progress:
-        x, y = (dm.val_data, dm.val_labels) if args.val_size else (dm.test_data, dm.test_labels)
-        callbacks.append(Progress(x, y, dm.train_data, dm.train_labels, args.progress))
+        callbacks.append(Progress(*evaluation_split(dm, args), dm.train_data, dm.train_labels, args.progress))
     trainer = L.Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", callbacks=callbacks,
@@ -144,9 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         dm = mnist_module(Path(args.data_dir), Path(tmp), args.batch_size, args.val_size)
-        # --val-size N: train on the rest, evaluate on the N validation images (for choosing settings
-        # without looking at the 2,000 held-out ones)
-        x_test, y_test = (dm.val_data, dm.val_labels) if args.val_size else (dm.test_data, dm.test_labels)
+        split, x_test, y_test = evaluation_split(dm, args)
         n_train = dm.train_data.shape[0]
 
         jem, plain = build(args, args.px_weight, args.pxy_weight), build(args, px_weight=0.0)
@@ -155,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         plain_time = fit(plain, dm, args, guard=None)
 
     results: dict[str, object] = {"settings": vars(args), "train_size": n_train, "held_out_size": int(y_test.numel()),
-                                  "evaluated_on": "validation" if args.val_size else "held-out"}  # fmt: skip
+                                  "evaluated_on": split}  # fmt: skip
     results["guard"] = {"recoveries": guard.recoveries, "events": guard.events}
     results["jem"] = {**evaluate(jem, x_test, y_test), "train_time_s": jem_time,
                       "train_examples_per_s": args.epochs * n_train / jem_time}  # fmt: skip
