@@ -216,6 +216,52 @@ def test_class_conditional_draws_use_their_class_slots_only() -> None:
         ReplayBuffer(31, [2], num_classes=3)
 
 
+def test_weighted_draws_resample_the_slots_by_their_class_probabilities() -> None:
+    """Sampling-importance-resampling: for label y, slot i comes with probability softmax_i(log_weights[:, y])."""
+    buffer = ReplayBuffer(4, [1], reinit_prob=0.0)  # no slot labels needed
+    buffer.samples = torch.arange(4, dtype=torch.float32).view(4, 1)
+    probs = torch.tensor([[0.7, 0.1], [0.2, 0.1], [0.1, 0.0], [0.0, 0.8]])  # p(y | x_i), one column per class
+    log_weights = probs.clamp_min(1e-30).log()
+    n = 40_000
+    y = torch.tensor([0, 1]).repeat(n // 2)
+    x, idx = buffer.draw(n, y, log_weights=log_weights)
+    assert torch.equal(x[:, 0].long(), idx)
+    for c in (0, 1):
+        target = probs[:, c] / probs[:, c].sum()
+        share = torch.bincount(idx[y == c], minlength=4).double() / (n // 2)
+        assert (share - target).abs().max() < 4 * math.sqrt(0.25 / (n // 2)), (c, share, target)
+    assert not (idx[y == 0] == 3).any() and not (idx[y == 1] == 2).any()  # weight 0: never drawn
+    with pytest.raises(ValueError, match="need the labels"):
+        buffer.draw(3, log_weights=log_weights)
+    with pytest.raises(ValueError, match="log_weights shaped"):
+        buffer.draw(3, torch.zeros(3), log_weights=log_weights[:3])
+
+
+def test_conditional_samples_of_a_p_x_buffer_follow_p_x_given_y() -> None:
+    """A buffer of exact samples of p(x) (two overlapping Gaussians, the classes) and no SGLD: the start
+    states of sample(n, y) must follow p(x | y) = N(m_y, s^2 I) exactly, not the truncated
+    distribution that grouping by predicted class gives. A p(x|y)-trained buffer keeps its class slots."""
+    means, scale, size = torch.tensor([[0.5, 0.0], [-0.5, 0.0]]), 0.5, 40_000
+    model = JEM(GaussianLogits(means.tolist(), scale), num_classes=2, data_shape=[2], buffer_size=size,
+                reinit_prob=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    component = torch.randint(0, 2, (size,))
+    model.replay_buffer.samples = means[component] + scale * torch.randn(size, 2)  # x ~ p(x)
+    for c in (0, 1):
+        x = model.sample(20_000, y=c, steps=0)
+        torch.testing.assert_close(x.mean(0), means[c], atol=0.03, rtol=0)
+        torch.testing.assert_close(x.var(0), torch.full((2,), scale**2), atol=0.02, rtol=0)
+    grouped = model.replay_buffer.samples[model.logits(model.replay_buffer.samples).argmax(1) == 0]
+    # what grouping would give: x_1 given x_1 > 0, mean 0.583 and variance 0.160 in closed form
+    assert float(grouped[:, 0].mean()) > 0.55 and float(grouped[:, 0].var()) < 0.19
+
+    labelled = JEM(GaussianLogits(means.tolist(), scale), num_classes=2, data_shape=[2], buffer_size=10,
+                   reinit_prob=0.0, pxy_weight=1.0)  # fmt: skip
+    labelled.replay_buffer.samples = torch.arange(10, dtype=torch.float32).view(10, 1).repeat(1, 2)
+    x = labelled.sample(200, y=1, steps=0)
+    assert (x[:, 0].long() % 2 == 1).all()  # class 1's slots only
+
+
 def test_sample_is_conditional_and_leaves_the_buffer_alone() -> None:
     net = GaussianLogits([[2.0, 0.0], [-2.0, 0.0]], 0.3)
     model = JEM(net, num_classes=2, data_shape=[2], buffer_size=100, sgld_step_size=0.01, sgld_noise=math.sqrt(0.02))

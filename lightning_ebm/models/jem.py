@@ -39,7 +39,8 @@ run continues with it. The original training diverges now and then and was resta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -161,15 +162,26 @@ class JEM(EnergyBasedModel):
         """SGLD (6.24) from ``x`` on ``E(x)`` (or ``E(x, y)``), with ``f`` in evaluation mode."""
         hp = self.hparams
         steps = hp.sgld_steps if steps is None else steps
-        was_training = self.classifier.training
-        self.classifier.eval()
-        try:
-            bounds = tuple(hp.init_range) if hp.get("sgld_clamp", False) else None
+        bounds = tuple(hp.init_range) if hp.get("sgld_clamp", False) else None
+        with self._classifier_in_eval_mode():
             return langevin_dynamics(
                 lambda v: self.energy(v, y), x, steps, hp.sgld_step_size, hp.sgld_noise, bounds=bounds
             )
+
+    @contextmanager
+    def _classifier_in_eval_mode(self) -> Iterator[None]:
+        was_training = self.classifier.training
+        self.classifier.eval()
+        try:
+            yield
         finally:
             self.classifier.train(was_training)
+
+    @torch.no_grad()
+    def log_class_probabilities(self, x: Tensor, batch_size: int = 500) -> Tensor:
+        """``log p(y | x)`` for every class, shape ``(len(x), num_classes)``, in batches, ``f`` in eval mode."""
+        with self._classifier_in_eval_mode():
+            return torch.cat([self.logits(b).log_softmax(1) for b in x.split(batch_size)])
 
     def negative_samples(self, n: int, y: Tensor | None = None) -> Tensor:
         """Training negatives: ``n`` chains drawn from the buffer (slots of classes ``y`` if given),
@@ -188,9 +200,14 @@ class JEM(EnergyBasedModel):
     ) -> Tensor:
         """Samples of ``p(x)``, or of ``p(x | y)`` with labels ``y`` (an int, or one label per sample).
 
-        Chains start from the replay buffer (class slots for ``y``; with its restart probability)
-        or, with ``from_buffer=False`` or before training, from ``U(init_range)``, and run ``steps``
-        SGLD steps (default ``sample_steps``, else ``sgld_steps``). The buffer is not modified.
+        Chains start from the replay buffer, with its restart probability, or, with
+        ``from_buffer=False`` or before training, from ``U(init_range)``, and run ``steps`` SGLD steps
+        (default ``sample_steps``, else ``sgld_steps``) on ``E(x)``, or on ``E(x, y)`` for ``y``. For
+        ``y``, a buffer trained by the ``p(x|y)`` term gives its class slots; one trained by ``p(x)``
+        alone holds samples of ``p(x)`` in every slot, and slot ``i`` is drawn for label ``y`` with
+        probability proportional to ``p(y | x_i)``, which makes the start states samples of
+        ``p(x | y) = p(y | x) p(x) / p(y)`` (sampling-importance-resampling; the authors' code instead
+        groups the buffer by predicted class). The buffer is not modified.
         """
         hp = self.hparams
         if y is not None:
@@ -203,7 +220,10 @@ class JEM(EnergyBasedModel):
         if steps is None:
             steps = hp.sample_steps if hp.sample_steps is not None else hp.sgld_steps
         if from_buffer and self._buffer is not None:
-            x0, _ = self.replay_buffer.draw(num_samples, y)
+            # slots of p(x) samples (no p(x|y) term trained): resample them by p(y | x)
+            unlabelled = y is not None and not hp.pxy_weight > 0
+            log_weights = self.log_class_probabilities(self._buffer.samples) if unlabelled else None
+            x0, _ = self.replay_buffer.draw(num_samples, y, log_weights=log_weights)
         else:
             low, high = hp.init_range
             x0 = torch.rand(num_samples, *self.data_shape, device=self.device) * (high - low) + low

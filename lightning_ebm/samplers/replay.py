@@ -8,7 +8,10 @@ exploring), runs the sampler, and writes the chains' final states back where the
 
 With ``num_classes`` the slots are labelled ``slot % num_classes`` (equal shares per class) and a
 draw for labels ``y`` only picks slots of those classes: the class-conditional buffer of JEM's
-``p(x|y)`` term and of class-conditional sampling.
+``p(x|y)`` term and of class-conditional sampling. A buffer of unconditional samples can still give
+class-conditional start states by sampling-importance-resampling: if the stored states follow
+``p(x)``, a slot drawn with probability proportional to ``p(y | x_slot)`` follows
+``p(x | y) = p(y | x) p(x) / p(y)`` (``log_weights`` of :meth:`draw`).
 
 The buffer is plain tensors (no module, no registered buffer) so that a method can hand it to the
 base class's per-process state (:meth:`EnergyBasedModel.per_rank_state`): under DDP each process
@@ -91,9 +94,20 @@ class ReplayBuffer:
             raise ValueError("this buffer has no classes (num_classes=None)")
         return indices % self.num_classes
 
-    def indices(self, n: int, y: Tensor | None = None) -> Tensor:
+    def indices(self, n: int, y: Tensor | None = None, log_weights: Tensor | None = None) -> Tensor:
         """``n`` slots drawn uniformly with replacement; with labels ``y`` (shape ``(n,)``), each
-        among the slots of its class."""
+        among the slots of its class; with ``y`` and ``log_weights`` (``(size, K)``, e.g. the
+        classifier's ``log p(k | x)`` of the stored states), slot ``i`` for label ``y_j`` with
+        probability ``exp(log_weights[i, y_j]) / sum_l exp(log_weights[l, y_j])``, whatever the slots'
+        own labels (sampling-importance-resampling; the buffer needs no ``num_classes``)."""
+        if log_weights is not None:
+            if y is None:
+                raise ValueError("log_weights need the labels y to draw for")
+            if log_weights.dim() != 2 or log_weights.shape[0] != len(self):
+                raise ValueError(f"log_weights shaped {tuple(log_weights.shape)}, expected ({len(self)}, classes)")
+            weights = torch.softmax(log_weights.to(self.device, torch.float64).T, dim=1)  # (K, size), rows sum to 1
+            candidates = torch.multinomial(weights, n, replacement=True)  # n draws for every class, no host sync
+            return candidates.gather(0, y.to(self.device).long().view(1, -1)).squeeze(0)
         if y is None:
             return torch.randint(0, len(self), (n,), device=self.device)
         if self.num_classes is None:
@@ -102,14 +116,16 @@ class ReplayBuffer:
         offset = torch.randint(0, per_class, (n,), device=self.device)
         return y.to(self.device).long() + self.num_classes * offset
 
-    def draw(self, n: int, y: Tensor | None = None, reinit_prob: float | None = None) -> tuple[Tensor, Tensor]:
-        """Start states of ``n`` chains and the slots they came from.
+    def draw(
+        self, n: int, y: Tensor | None = None, reinit_prob: float | None = None, log_weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Start states of ``n`` chains and the slots they came from (chosen by :meth:`indices`).
 
         Each state is the stored sample, or with probability ``reinit_prob`` (default: the buffer's)
         fresh noise. Returns ``(x, indices)``; write the chains' ends back with :meth:`write`.
         """
         rho = self.reinit_prob if reinit_prob is None else reinit_prob
-        idx = self.indices(n, y)
+        idx = self.indices(n, y, log_weights)
         stored = self.samples[idx]
         restart = torch.rand(n, device=self.device) < rho
         x = torch.where(restart.view(-1, *([1] * len(self.shape))), self.noise(n), stored)
