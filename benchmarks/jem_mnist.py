@@ -18,6 +18,8 @@ x0.3 decay at 80% and 90% of training, the paper's SGLD and buffer projected ont
 regulariser (README, JEM section). ``--progress N`` prints the energies every N steps and held-out
 metrics after each epoch. ``--val-size N`` trains on all but N of the 8,000 training images and
 reports on those N instead of the held-out images (``"evaluated_on"`` in the JSON says which).
+``--save F`` keeps both trained models and JEM's buffer; ``--load F`` evaluates them again without
+training (give the settings they were trained with).
 
     python benchmarks/jem_mnist.py --data-dir ../shared/data/mnist --grid benchmarks/jem_mnist_conditional_samples.png \
         --reliability benchmarks/jem_mnist_reliability.png --out benchmarks/results_jem_mnist_cpu.json
@@ -155,16 +157,23 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
         jem, plain = build(args, args.px_weight, args.pxy_weight), build(args, px_weight=0.0)
         guard = DivergenceGuard(max_energy=args.guard_max_energy, lr_factor=args.guard_lr_factor)
-        jem_time = fit(jem, dm, args, guard=guard)
-        plain_time = fit(plain, dm, args, guard=None)
+        if args.load:  # evaluate the models a --save run trained
+            state = torch.load(args.load)
+            jem.load_state_dict(state["jem"])
+            jem.load_per_rank_state({"replay_buffer": state["buffer"]})
+            plain.load_state_dict(state["plain"])
+            times = {}
+        else:
+            times = {"jem": fit(jem, dm, args, guard=guard), "plain": fit(plain, dm, args, guard=None)}
 
     results: dict[str, object] = {"settings": vars(args), "train_size": n_train, "held_out_size": int(y_test.numel()),
                                   "evaluated_on": split}  # fmt: skip
-    results["guard"] = {"recoveries": guard.recoveries, "events": guard.events}
-    results["jem"] = {**evaluate(jem, x_test, y_test), "train_time_s": jem_time,
-                      "train_examples_per_s": args.epochs * n_train / jem_time}  # fmt: skip
-    results["plain"] = {**evaluate(plain, x_test, y_test), "train_time_s": plain_time,
-                        "train_examples_per_s": args.epochs * n_train / plain_time}  # fmt: skip
+    if times:
+        results["guard"] = {"recoveries": guard.recoveries, "events": guard.events}
+    for name, model in (("jem", jem), ("plain", plain)):
+        results[name] = evaluate(model, x_test, y_test)
+        if times:
+            results[name].update(train_time_s=times[name], train_examples_per_s=args.epochs * n_train / times[name])
 
     torch.manual_seed(args.seed)
     n = args.num_samples
@@ -240,6 +249,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--progress", type=int, default=0, help="print energies every N steps and held-out metrics")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     parser.add_argument("--save", default="", help="save both trained models here (state dicts, with JEM's buffer)")
+    parser.add_argument("--load", default="", help="evaluate the models of a --save file instead of training")
     return parser.parse_args(argv)
 
 
