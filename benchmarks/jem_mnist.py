@@ -80,6 +80,7 @@ def build(args: argparse.Namespace, px_weight: float, pxy_weight: float = 0.0) -
         decay_epochs=args.decay_epochs, decay_rate=args.decay_rate, sgld_steps=args.sgld_steps,
         sgld_step_size=args.sgld_step_size, sgld_noise=args.sgld_noise, buffer_size=args.buffer_size,
         reinit_prob=args.reinit_prob, energy_l2=args.energy_l2, sgld_clamp=args.sgld_clamp,
+        reinit_from=args.reinit_from,
     )  # fmt: skip
 
 
@@ -229,6 +230,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sgld-step-size", type=float, default=1.0)
     parser.add_argument("--sgld-noise", type=float, default=0.01)
     parser.add_argument("--reinit-prob", type=float, default=0.05)
+    parser.add_argument("--reinit-from", choices=["uniform", "class_gaussian"], default="uniform",
+                        help="chains restart from U(-1, 1) (JEM) or per-class data Gaussians (JEM++)")  # fmt: skip
     parser.add_argument("--sgld-clamp", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--energy-l2", type=float, default=0.0)
     parser.add_argument("--guard-max-energy", type=float, default=1e3)

@@ -262,6 +262,62 @@ def test_conditional_samples_of_a_p_x_buffer_follow_p_x_given_y() -> None:
     assert (x[:, 0].long() % 2 == 1).all()  # class 1's slots only
 
 
+def test_a_restart_distribution_replaces_the_uniform_noise_for_fills_and_restarts() -> None:
+    restart = lambda n, y: torch.full((n, 1), 7.0) if y is None else y.float().view(-1, 1)  # noqa: E731
+    buffer = ReplayBuffer(10, [1], reinit_prob=1.0, num_classes=2, restart=restart)
+    assert torch.equal(buffer.samples[:, 0], torch.arange(10.0) % 2)  # filled with each slot's class
+    y = torch.tensor([1, 0, 1])
+    assert torch.equal(buffer.draw(3, y)[0][:, 0], y.float())  # restarted within the requested class
+    assert (buffer.draw(4)[0] == 7.0).all()
+
+
+def test_class_gaussian_restarts_are_fitted_on_the_training_set_and_kept_in_the_checkpoint(tmp_path: Path) -> None:
+    """JEM++'s restart distribution: per-class mean, standard deviation and frequency of the training
+    set, fitted once at the start of training, restored (not refitted) on resume."""
+
+    def jem() -> JEM:
+        return JEM(MLP(2, [32], 8), num_classes=8, data_shape=[2], buffer_size=80, warmup_steps=0,
+                   init_range=(-4.0, 4.0), reinit_from="class_gaussian")  # fmt: skip
+
+    def trainer(steps: int) -> L.Trainer:
+        return L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+
+    dm = Toy2DDataModule("8gaussians", num_samples=2048, batch_size=128, labels=True)
+    model = jem()
+    trainer(2).fit(model, datamodule=dm)
+    x, y = dm.train_data, dm.train_labels
+    for c in range(8):
+        torch.testing.assert_close(model.restart_mean[c], x[y == c].mean(0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.restart_std[c], x[y == c].std(0, unbiased=False), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.restart_class_prob, torch.bincount(y, minlength=8) / len(y))
+    torch.manual_seed(0)
+    states = model.restart_states(40_000, torch.full((40_000,), 3))
+    torch.testing.assert_close(states.mean(0), model.restart_mean[3], atol=0.01, rtol=0)
+    torch.testing.assert_close(states.std(0), model.restart_std[3], atol=0.01, rtol=0)
+    restarted, _ = model.replay_buffer.draw(40_000, reinit_prob=1.0)  # unconditional: the class mixture
+    torch.testing.assert_close(restarted.mean(0), x.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(restarted.var(0), x.var(0), atol=0.1, rtol=0)
+
+    path = tmp_path / "run.ckpt"
+    trainer(2).fit(model, datamodule=dm)  # a second fit keeps the fitted Gaussians
+    run = trainer(2)
+    run.fit(model, datamodule=dm)
+    run.save_checkpoint(path)
+    loaded = JEM.load_from_checkpoint(path)
+    torch.testing.assert_close(loaded.restart_mean, model.restart_mean)
+    other = Toy2DDataModule("8gaussians", num_samples=2048, batch_size=128, labels=True, seed=1)
+    trainer(4).fit(loaded, datamodule=other, ckpt_path=path)  # resumed: not refitted on other data
+    torch.testing.assert_close(loaded.restart_mean, model.restart_mean)
+    torch.testing.assert_close(loaded.restart_std, model.restart_std)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=128)
+    with pytest.raises(UserError, match="class_gaussian"):
+        trainer(1).fit(jem(), train_dataloaders=data)
+    with pytest.raises(ValueError, match="reinit_from"):
+        JEM(MLP(2, [32], 8), num_classes=8, data_shape=[2], reinit_from="gaussian")
+
+
 def test_sample_is_conditional_and_leaves_the_buffer_alone() -> None:
     net = GaussianLogits([[2.0, 0.0], [-2.0, 0.0]], 0.3)
     model = JEM(net, num_classes=2, data_shape=[2], buffer_size=100, sgld_step_size=0.01, sgld_noise=math.sqrt(0.02))
@@ -624,6 +680,24 @@ def test_jem_toy_under_two_process_ddp_keeps_per_rank_buffers(tmp_path: Path) ->
     buffers = state["per_rank_state"]["replay_buffer"]
     assert buffers.shape == (2, 160, 2)
     assert not torch.equal(buffers[0], buffers[1])  # each rank its own chains
+
+
+def test_class_gaussian_restarts_under_two_process_ddp_are_fitted_on_the_whole_training_set(tmp_path: Path) -> None:
+    """Each process sees its shard; the sums are reduced, so both hold the whole set's Gaussians."""
+    params, _ = fit_two_processes(
+        tmp_path, "jem_toy",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0",
+        "--data.num_samples", "2048", "--model.init_args.buffer_size", "160",
+        "--model.init_args.reinit_from", "class_gaussian",
+    )  # fmt: skip
+    assert params[0]["_world_size"] == 2 and params[0] == params[1]
+    state = torch.load(tmp_path / "jem_toy" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    dm = Toy2DDataModule("8gaussians", num_samples=2048, labels=True)
+    dm.setup("fit")
+    x, y = dm.train_data, dm.train_labels
+    means = torch.stack([x[y == c].mean(0) for c in range(8)])
+    torch.testing.assert_close(state["state_dict"]["restart_mean"], means, atol=1e-4, rtol=0)
+    torch.testing.assert_close(state["state_dict"]["restart_class_prob"], torch.bincount(y, minlength=8) / len(y))
 
 
 # ---------------------------------------------------------------------------- the issue's targets (slow)

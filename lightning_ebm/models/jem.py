@@ -82,6 +82,11 @@ class JEM(EnergyBasedModel):
         sgld_clamp: project every SGLD step onto the data range ``init_range`` (Du & Mordatch 2019),
             so that ``p(x)`` lives on the data's box; off in JEM, needed where the data sit on the
             box's faces (MNIST's background is exactly the lower end: see the README).
+        reinit_from: where chains start and restart: ``"uniform"`` (JEM: ``U(init_range)``) or
+            ``"class_gaussian"`` (JEM++, Yang & Ji 2021: a class drawn with the training set's class
+            frequencies, then ``N(mean_y, diag(std_y^2))`` of that class's training examples, clamped
+            to ``init_range``; fitted in one pass over the training data at the start of the first
+            fit and kept in the checkpoint). Class-conditional chains restart from their own class.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class JEM(EnergyBasedModel):
         sample_steps: int | None = None,
         energy_l2: float = 0.0,
         sgld_clamp: bool = False,
+        reinit_from: str = "uniform",
     ) -> None:
         super().__init__(data_shape)
         self.save_hyperparameters()
@@ -121,8 +127,14 @@ class JEM(EnergyBasedModel):
             raise ValueError(f"sgld_steps must be at least 1 when a generative term is trained, got {sgld_steps}")
         if len(init_range) != 2 or not init_range[0] < init_range[1]:
             raise ValueError(f"init_range must be (low, high) with low < high, got {list(init_range)}")
+        if reinit_from not in ("uniform", "class_gaussian"):
+            raise ValueError(f"reinit_from must be 'uniform' or 'class_gaussian', got {reinit_from!r}")
         self.automatic_optimization = False
         self.classifier = classifier
+        if reinit_from == "class_gaussian":  # the restart distribution, in the checkpoint with the weights
+            self.register_buffer("restart_mean", torch.zeros(num_classes, *self.data_shape))
+            self.register_buffer("restart_std", torch.zeros(num_classes, *self.data_shape))
+            self.register_buffer("restart_class_prob", torch.zeros(num_classes))
         self.num_classes = num_classes
         self._buffer: ReplayBuffer | None = None
         #: The last training step's loss and energies, read by :class:`~lightning_ebm.callbacks.DivergenceGuard`.
@@ -154,9 +166,62 @@ class JEM(EnergyBasedModel):
     def _make_buffer(self, samples: Tensor | None = None) -> ReplayBuffer:
         hp = self.hparams
         size = hp.buffer_size if samples is None else samples.shape[0]
+        restart = self.restart_states if hp.get("reinit_from", "uniform") == "class_gaussian" else None
         return ReplayBuffer(
-            size, self.data_shape, hp.reinit_prob, *hp.init_range, hp.num_classes, device=self.device, samples=samples
-        )
+            size, self.data_shape, hp.reinit_prob, *hp.init_range, hp.num_classes, device=self.device,
+            samples=samples, restart=restart,
+        )  # fmt: skip
+
+    def restart_states(self, n: int, y: Tensor | None = None) -> Tensor:
+        """``n`` states of the restart distribution: ``U(init_range)``, or with ``class_gaussian`` a
+        class ``y`` (given, or drawn with the class frequencies) and ``N(mean_y, diag(std_y^2))``
+        clamped to ``init_range``."""
+        low, high = self.hparams.init_range
+        if self.hparams.get("reinit_from", "uniform") != "class_gaussian":
+            return torch.rand(n, *self.data_shape, device=self.device) * (high - low) + low
+        if not bool(self.restart_class_prob.sum() > 0):
+            raise RuntimeError("the class Gaussians are fitted at the start of training (fit_restart_gaussians)")
+        if y is None:
+            y = torch.multinomial(self.restart_class_prob, n, replacement=True)
+        y = y.to(self.device).long()
+        return (self.restart_mean[y] + self.restart_std[y] * torch.randn_like(self.restart_mean[y])).clamp(low, high)
+
+    @torch.no_grad()
+    def fit_restart_gaussians(self, batches: Any) -> None:
+        """Per-class mean, standard deviation and frequency of the labelled ``batches`` (an iterable
+        of ``(x, y)``), summed over all processes under DDP (sums and counts alike, so a loader that
+        is not sharded gives the same result)."""
+        k = self.num_classes
+        count = torch.zeros(k, device=self.device, dtype=torch.float64)
+        total = torch.zeros(k, *self.data_shape, device=self.device, dtype=torch.float64)
+        square = torch.zeros_like(total)
+        for batch in batches:
+            x = self.batch_data(batch).to(self.device, torch.float64).reshape(-1, *self.data_shape)
+            y = self._labels(batch).to(self.device)
+            count += torch.bincount(y, minlength=k).double()
+            total.index_add_(0, y, x)
+            square.index_add_(0, y, x * x)
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for t in (count, total, square):
+                torch.distributed.all_reduce(t)
+        n = count.clamp_min(1).view(-1, *([1] * len(self.data_shape)))
+        mean = total / n
+        self.restart_mean.copy_(mean)
+        self.restart_std.copy_((square / n - mean * mean).clamp_min(0).sqrt())
+        self.restart_class_prob.copy_(count / count.sum())
+
+    def on_fit_start(self) -> None:
+        """With ``class_gaussian`` restarts, fit the class Gaussians once (a resumed run has them)."""
+        super().on_fit_start()
+        if self.hparams.get("reinit_from", "uniform") != "class_gaussian" or bool(self.restart_class_prob.sum() > 0):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            from lightning_ebm.errors import UserError
+
+            raise UserError("JEM's reinit_from='class_gaussian' fits its Gaussians on a data module's training set: "
+                            "pass datamodule=... to fit, or use reinit_from='uniform'")  # fmt: skip
+        self.fit_restart_gaussians(datamodule.train_dataloader())
 
     def langevin(self, x: Tensor, y: Tensor | None = None, steps: int | None = None) -> Tensor:
         """SGLD (6.24) from ``x`` on ``E(x)`` (or ``E(x, y)``), with ``f`` in evaluation mode."""
@@ -201,7 +266,8 @@ class JEM(EnergyBasedModel):
         """Samples of ``p(x)``, or of ``p(x | y)`` with labels ``y`` (an int, or one label per sample).
 
         Chains start from the replay buffer, with its restart probability, or, with
-        ``from_buffer=False`` or before training, from ``U(init_range)``, and run ``steps`` SGLD steps
+        ``from_buffer=False`` or before training, from the restart distribution (``U(init_range)``,
+        or the class Gaussians of ``reinit_from="class_gaussian"``), and run ``steps`` SGLD steps
         (default ``sample_steps``, else ``sgld_steps``) on ``E(x)``, or on ``E(x, y)`` for ``y``. For
         ``y``, a buffer trained by the ``p(x|y)`` term gives its class slots; one trained by ``p(x)``
         alone holds samples of ``p(x)`` in every slot, and slot ``i`` is drawn for label ``y`` with
@@ -225,8 +291,7 @@ class JEM(EnergyBasedModel):
             log_weights = self.log_class_probabilities(self._buffer.samples) if unlabelled else None
             x0, _ = self.replay_buffer.draw(num_samples, y, log_weights=log_weights)
         else:
-            low, high = hp.init_range
-            x0 = torch.rand(num_samples, *self.data_shape, device=self.device) * (high - low) + low
+            x0 = self.restart_states(num_samples, y if hp.get("reinit_from", "uniform") == "class_gaussian" else None)
         return self.langevin(x0, y, steps)
 
     # ------------------------------------------------------------------ the loss (6.29-6.31)

@@ -21,7 +21,7 @@ randomness from PyTorch's global generator, without synchronising with the host.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -42,6 +42,8 @@ class ReplayBuffer:
         dtype: their floating-point type.
         samples: start from these stored samples (``(size, *shape)``) instead of fresh noise; no
             random numbers are drawn then (restoring a buffer leaves the random streams alone).
+        restart: ``restart(n, y)`` gives ``n`` states to start and restart chains from (``y``: their
+            labels, or None) instead of ``U(low, high)``, e.g. JEM++'s per-class Gaussians.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class ReplayBuffer:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         samples: Tensor | None = None,
+        restart: Callable[[int, Tensor | None], Tensor] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"the buffer size must be at least 1, got {size}")
@@ -68,7 +71,11 @@ class ReplayBuffer:
         self.reinit_prob = float(reinit_prob)
         self.low, self.high = float(low), float(high)
         self.num_classes = num_classes
-        if samples is None:
+        self.restart = restart
+        if samples is None and restart is not None:
+            labels = torch.arange(size, device=device) % num_classes if num_classes else None
+            self.samples = restart(size, labels).to(device=device, dtype=dtype)
+        elif samples is None:
             self.samples = self.noise(size, device=device, dtype=dtype)
         elif tuple(samples.shape) != (size, *self.shape):
             raise ValueError(f"stored samples shaped {tuple(samples.shape)}, expected {(size, *self.shape)}")
@@ -122,13 +129,15 @@ class ReplayBuffer:
         """Start states of ``n`` chains and the slots they came from (chosen by :meth:`indices`).
 
         Each state is the stored sample, or with probability ``reinit_prob`` (default: the buffer's)
-        fresh noise. Returns ``(x, indices)``; write the chains' ends back with :meth:`write`.
+        a fresh one (``restart``, by default ``U(low, high)``). Returns ``(x, indices)``; write the
+        chains' ends back with :meth:`write`.
         """
         rho = self.reinit_prob if reinit_prob is None else reinit_prob
         idx = self.indices(n, y, log_weights)
         stored = self.samples[idx]
         restart = torch.rand(n, device=self.device) < rho
-        x = torch.where(restart.view(-1, *([1] * len(self.shape))), self.noise(n), stored)
+        fresh = self.noise(n) if self.restart is None else self.restart(n, y).to(stored)
+        x = torch.where(restart.view(-1, *([1] * len(self.shape))), fresh, stored)
         return x, idx
 
     def write(self, indices: Tensor, x: Tensor) -> None:
