@@ -31,6 +31,9 @@ the data gets ``N(0, 0.03^2)`` noise. Adam with a linear warm-up and a step deca
 Optionally (``sgld_clamp``, not in the paper's code) every SGLD step and the noised data are projected
 onto the data's box ``init_range``: where the data sit on the box's faces (MNIST's background is
 exactly -1) unprojected chains walk off it into regions the data never constrain, and diverge.
+Optionally (``reinit_from="class_gaussian"``, JEM++: X. Yang and S. Ji, ICCV 2021) chains start and
+restart from per-class Gaussians of the training data instead of uniform noise, so that restarted
+chains begin near the data and keep up with the model (the README's MNIST runs, items 11-12).
 
 The buffer is this process's state (:meth:`per_rank_state`): it is in every checkpoint and a resumed
 run continues with it. The original training diverges now and then and was restarted by hand; here
