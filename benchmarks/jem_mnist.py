@@ -8,7 +8,8 @@ weight 0 (no SGLD). Printed and written as JSON:
 * held-out accuracy, ECE (20 equal-width bins), mean confidence and the reliability bins of both
   (``--reliability X.png`` also draws the diagrams);
 * mean energy ``E(x) = -logsumexp f(x)`` of held-out data, of samples drawn from the replay buffer,
-  of fresh chains started from noise, and of the uniform noise itself;
+  of fresh chains started from the restart distribution (uniform noise or the class Gaussians), and
+  of uniform noise itself;
 * conditional samples ``sample(n, y=c)`` for every class: the share classified as ``c`` by JEM
   itself and by the independently trained plain classifier;
 * OOD AUROC of the scores log p(x), max p(y|x) and -||grad_x log p(x)|| (held-out images as
@@ -165,7 +166,7 @@ def ece_difference(p_jem: torch.Tensor, p_plain: torch.Tensor, y: torch.Tensor, 
 #: Out-of-distribution sets made from the held-out images (no other image data set is on this machine).
 OOD_SETS = {
     "vertical_flip": lambda x, g: x.flip(-2),  # upside-down digits (0, 1 and 8 stay nearly in-distribution)
-    "inverted": lambda x, g: -x,  # white digits' background: the data range's other face
+    "inverted": lambda x, g: -x,  # black digits on white: the background on the data range's other face
     "uniform_noise": lambda x, g: torch.rand(x.shape, generator=g) * 2 - 1,
 }
 
