@@ -120,8 +120,10 @@ class Progress(L.Callback):
             print(f"step {trainer.global_step} {line}", flush=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, model: JEM) -> None:
+        model.eval()
         for name, x, y in ((self.name, self.x, self.y), ("training", self.x_train, self.y_train)):
-            metrics = {k: round(v, 4) for k, v in evaluate(model, x, y).items() if k != "reliability"}
+            probabilities = model.log_class_probabilities(x).exp()
+            metrics = {k: round(v, 4) for k, v in evaluate(probabilities, y).items() if k != "reliability"}
             with torch.no_grad():
                 metrics["energy"] = round(float(torch.cat([model.energy(b) for b in x.split(500)]).mean()), 2)
             print(f"epoch {trainer.current_epoch} {name} {metrics}", flush=True)
@@ -141,12 +143,6 @@ def fit(model: JEM, dm: MNISTDataModule, args: argparse.Namespace, guard: Diverg
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     return time.perf_counter() - start
-
-
-@torch.no_grad()
-def class_probabilities(model: JEM, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model.logits(b).softmax(1) for b in x.split(500)])
 
 
 def ece_difference(p_jem: torch.Tensor, p_plain: torch.Tensor, y: torch.Tensor, resamples: int = 2000,
@@ -181,8 +177,8 @@ def ood_table(model: JEM, x: torch.Tensor, seed: int) -> dict[str, dict[str, flo
     return {name: {s: ood_auroc(inside[s], score(v, s)) for s in OOD_SCORES} for name, v in outside.items()}
 
 
-def evaluate(model: JEM, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    probabilities = class_probabilities(model, x)
+def evaluate(probabilities: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy, ECE, mean confidence and the occupied reliability bins of class probabilities."""
     confidence, prediction = probabilities.max(1)
     bins = calibration_bins(probabilities, y, num_bins=20)
     occupied = bins["count"] > 0
@@ -221,12 +217,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                   "evaluated_on": split}  # fmt: skip
     if times:
         results["guard"] = {"recoveries": guard.recoveries, "events": guard.events}
-    for name, model in (("jem", jem), ("plain", plain)):
-        results[name] = evaluate(model, x_test, y_test)
+    models = {"jem": jem.eval(), "plain": plain.eval()}
+    probabilities = {name: model.log_class_probabilities(x_test).exp() for name, model in models.items()}
+    for name in models:
+        results[name] = evaluate(probabilities[name], y_test)
         if times:
             results[name].update(train_time_s=times[name], train_examples_per_s=args.epochs * n_train / times[name])
-    p_jem, p_plain = class_probabilities(jem, x_test), class_probabilities(plain, x_test)
-    results["ece_difference"] = ece_difference(p_jem, p_plain, y_test)
+    results["ece_difference"] = ece_difference(probabilities["jem"], probabilities["plain"], y_test)
 
     torch.manual_seed(args.seed)
     n = args.num_samples
@@ -258,10 +255,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.save:
         state = {"jem": jem.state_dict(), "buffer": jem.replay_buffer.samples, "plain": plain.state_dict()}
         torch.save(state, args.save)
-    results["ood_auroc"] = {"jem": ood_table(jem, x_test, args.seed), "plain": ood_table(plain, x_test, args.seed)}
+    results["ood_auroc"] = {name: ood_table(model, x_test, args.seed) for name, model in models.items()}
     if args.reliability:
-        for name, probabilities in (("jem", p_jem), ("plain", p_plain)):
-            figure = reliability_diagram(calibration_bins(probabilities, y_test, 20), f"{name}, held-out MNIST")
+        for name, p in probabilities.items():
+            figure = reliability_diagram(calibration_bins(p, y_test, 20), f"{name}, held-out MNIST")
             figure.savefig(args.reliability.replace(".png", f"_{name}.png"), dpi=80, bbox_inches="tight")
     return results
 
