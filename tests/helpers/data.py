@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 #: Real data for tests: ``../shared/data`` next to the repository on the project's machines, or the
 #: folder named by ``LIGHTNING_EBM_SHARED_DATA``. Tests that need it skip where it is absent.
@@ -83,3 +86,61 @@ def write_kdd(directory: Path, lines: list[str], gz: bool = True) -> Path:
     path = directory / ("kddcup.data_10_percent.gz" if gz else "kddcup.data_10_percent")
     path.write_bytes(gzip.compress(text) if gz else text)
     return path
+
+
+# ------------------------------------------------------------------ image data sets in their on-disk formats
+def write_cifar10(data_dir: Path, per_batch: int = 20, n_test: int = 12, seed: int = 0) -> dict[str, np.ndarray]:
+    """The six batch pickles and batches.meta in torchvision's layout, random content."""
+    rng = np.random.default_rng(seed)
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).tolist()
+        entry = {b"batch_label": f"{name} of 5".encode(), b"labels": labels, b"data": data, b"filenames": []}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+        written[name] = data
+    meta = {
+        b"num_cases_per_batch": per_batch,
+        b"label_names": [f"class{i}".encode() for i in range(10)],
+        b"num_vis": 3072,
+    }
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return written
+
+
+def jpeg_bytes(rng: np.random.Generator, width: int, height: int, fmt: str = "JPEG") -> bytes:
+    blocks = rng.integers(0, 2, size=(4, 4, 3), dtype=np.uint8) * 255  # large blocks, so resizing keeps 0 and 255
+    image = Image.fromarray(blocks).resize((width, height), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_celeba(data_dir: Path, counts: tuple[int, int, int] = (10, 4, 3)) -> Path:
+    """img_align_celeba/*.jpg (178 x 218) and list_eval_partition.txt for a few images."""
+    rng = np.random.default_rng(0)
+    folder = data_dir / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    lines, index = [], 1
+    for code, count in enumerate(counts):
+        for _ in range(count):
+            name = f"{index:06d}.jpg"
+            (folder / "img_align_celeba" / name).write_bytes(jpeg_bytes(rng, 178, 218))
+            lines.append(f"{name} {code}")
+            index += 1
+    (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_lsun_lmdb(path: Path, n: int, fmt: str = "WEBP") -> None:
+    """An LMDB database of ``n`` encoded images of various sizes under hex keys, as in LSUN's release."""
+    lmdb = pytest.importorskip("lmdb")
+    rng = np.random.default_rng(1)
+    env = lmdb.open(str(path), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i in range(n):
+            width, height = (90 + 3 * i, 64 + 2 * i) if i % 2 else (64 + i, 100)
+            txn.put(f"{i:040x}".encode(), jpeg_bytes(rng, width, height, fmt))
+    env.close()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.cli import run_cli, small_config
 from helpers.data import real_mnist_dir
-from test_rbm_mnist import run_cli, small_config
 
 from lightning_ebm.cli import CONFIG_DIR
 from lightning_ebm.models import DBM, DBN
@@ -100,7 +100,7 @@ def test_depth_pays_on_real_mnist(tmp_path: Path) -> None:
     likelihood. Full width: ``benchmarks/boltzmann_depth.py`` (figures in the README)."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from boltzmann_depth import RBM_RECIPE, fit, score
     from rbm_likelihood import load
 

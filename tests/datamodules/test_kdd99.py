@@ -134,7 +134,7 @@ def test_meg_kdd99_reaches_the_published_f1() -> None:
     source = SHARED_DATA / "kddcup99"
     if not (source / "kddcup.data_10_percent.gz").is_file():
         pytest.skip(f"the real KDD99 10 % file is not in {source}")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "meg_kdd99.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "meg_kdd99.py"
     spec = importlib.util.spec_from_file_location("meg_kdd99_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -13,19 +13,13 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers.cli import run_cli, small_config
 from helpers.data import real_mnist_dir
 
-from lightning_ebm.cli import CONFIG_DIR, main
+from lightning_ebm.cli import CONFIG_DIR
 from lightning_ebm.datamodules import MNISTDataModule
 from lightning_ebm.evaluation import estimate_log_partition, exact_log_partition, log_likelihood
 from lightning_ebm.models import RBM
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        return main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def test_published_recipe_in_the_rbm_configs() -> None:
@@ -39,20 +33,6 @@ def test_published_recipe_in_the_rbm_configs() -> None:
     assert (cd["method"], cd["k"], cd["momentum"], cd["final_momentum"]) == ("cd", 25, 0.5, 0.9)
     pcd = yaml.safe_load((CONFIG_DIR / "rbm_mnist_pcd.yaml").read_text())["model"]["init_args"]
     assert (pcd["method"], pcd["k"], pcd["num_chains"], pcd["lr_decay"]) == ("pcd", 1, 100, "linear")
-
-
-def small_config(tmp_path: Path, name: str) -> Path:
-    """The shipped config with cheap AIS settings, for a quick run."""
-    config = yaml.safe_load((CONFIG_DIR / name).read_text())
-    for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("AISLogLikelihood"):
-            callback["init_args"].update(num_betas=300, test_num_betas=300, num_chains=20, max_examples=1000)
-        if callback["class_path"].endswith("SampleGrid"):
-            callback["init_args"]["num_samples"] = 16
-    config["model"]["init_args"]["sample_steps"] = 20
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.mark.parametrize("name", ["rbm_mnist.yaml", "rbm_mnist_pcd.yaml"])

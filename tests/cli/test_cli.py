@@ -29,7 +29,7 @@ def test_print_config_for_every_shipped_config(name: str, capsys: pytest.Capture
 
 
 def test_configs_are_shipped_inside_the_package_and_linked_at_the_root() -> None:
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     assert CONFIG_DIR.parent.name == "lightning_ebm"
     assert sorted(p.name for p in root.glob("*.yaml")) == shipped_configs()
     assert {"dem_toy.yaml", "dem_mnist.yaml", "dem_celeba.yaml", "dem_lsun.yaml"} <= set(shipped_configs())

@@ -31,7 +31,7 @@ from lightning_ebm.nn import MLP, Network, WideResNet
 from lightning_ebm.optim import WarmupStepDecay
 from lightning_ebm.samplers import ReplayBuffer
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 class Linear(Network):

@@ -25,7 +25,7 @@ from helpers.data import kdd_lines, real_mnist_dir, write_kdd
 
 from lightning_ebm.cli import shipped_configs
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def mnist(tmp_path: Path) -> list[str]:
@@ -35,14 +35,14 @@ def mnist(tmp_path: Path) -> list[str]:
 
 
 def celeba(tmp_path: Path) -> list[str]:
-    from test_image_datamodules import write_celeba
+    from helpers.data import write_celeba
 
     write_celeba(tmp_path / "data", counts=(16, 4, 2))
     return ["--data.data_dir", str(tmp_path / "data"), "--data.batch_size", "4"]
 
 
 def lsun(tmp_path: Path) -> list[str]:
-    from test_image_datamodules import write_lsun_lmdb
+    from helpers.data import write_lsun_lmdb
 
     (tmp_path / "data").mkdir()
     write_lsun_lmdb(tmp_path / "data" / "bedroom_train_lmdb", 24)
@@ -58,7 +58,7 @@ def kdd(tmp_path: Path) -> list[str]:
 
 
 def cifar(tmp_path: Path) -> list[str]:
-    from test_image_datamodules import write_cifar10
+    from helpers.data import write_cifar10
 
     write_cifar10(tmp_path / "data")
     return ["--data.data_dir", str(tmp_path / "data"), "--data.batch_size", "8", "--data.val_size", "20"]

@@ -362,9 +362,9 @@ def test_meg_cifar_config_trains_and_keeps_the_best_checkpoint_by_fid(tmp_path: 
     """The headline config end to end through the command line on CIFAR-10's on-disk format: the
     paper's networks (narrowed), FID / IS by the Inception network (random weights in torch-fidelity's
     file format), a best checkpoint chosen by FID although FID is computed only every other epoch."""
+    from helpers.data import write_cifar10
     from helpers.image_quality import random_inception_weights
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from test_image_datamodules import write_cifar10
 
     from lightning_ebm.cli import main
 

@@ -14,7 +14,7 @@ from helpers.ddp_cli import fit_two_processes
 
 from lightning_ebm.models import DEM, MEG
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_dem_toy_trains_under_two_process_ddp(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from helpers.ddp_cli import fit_two_processes
 from lightning_ebm.models import Classifier
 from lightning_ebm.nn import ConvClassifier
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_stacked_mnist_meg_under_two_process_ddp(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_dem
+from helpers.models import tiny_dem
 from torch import nn
 
 from lightning_ebm.datamodules import Toy2DDataModule

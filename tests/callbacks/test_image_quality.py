@@ -14,15 +14,15 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from helpers.data import write_cifar10
 from helpers.image_quality import RandomConvFeatures, ShiftedImages, build, random_inception_weights
-from test_image_datamodules import write_cifar10
 
 from lightning_ebm.callbacks import ImageQuality
 from lightning_ebm.callbacks.image_quality import INCEPTION_FILE, INCEPTION_URL, InceptionFeatures
 from lightning_ebm.datamodules import CIFAR10DataModule
 from lightning_ebm.errors import UserError
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 from helpers import ddp_equality
 from helpers.ddp_equality import CASES, run_case
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
