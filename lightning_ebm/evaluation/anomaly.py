@@ -8,7 +8,8 @@ are in use (Kumar et al. 2019, Sec. 4, after Zhai et al. 2016):
   gradient penalty of MEG pushes training data to critical points of ``E``, so a large gradient
   flags a point off the data manifold.
 
-The metrics follow the protocols of the published tables: precision, recall and F1 when the
+The scores themselves live in :mod:`lightning_ebm.scores` (models use them too) and are re-exported
+here. The metrics follow the protocols of the published tables: precision, recall and F1 when the
 ``ratio`` highest scores are flagged (KDD99, DAGMM protocol: the top 20 %), and the threshold-free
 areas under the precision-recall curve (AUPRC, the MNIST protocol of Zenati et al. 2018) and the
 ROC curve (AUROC).
@@ -16,31 +17,13 @@ ROC curve (AUROC).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-SCORES = ("gradient_norm", "energy")
+# the scores' old home: every import of them from here keeps working
+from lightning_ebm.scores import ANOMALY_SCORES, AnomalyScore, anomaly_scores  # noqa: F401
 
-
-def anomaly_scores(energy: Callable[[Tensor], Tensor], x: Tensor, score: str = "gradient_norm") -> Tensor:
-    """Anomaly score of each example of ``x`` (higher = more anomalous), shape ``(batch,)``.
-
-    Args:
-        energy: the model's ``energy`` (a batch to a ``(batch,)`` tensor).
-        x: a batch of examples.
-        score: ``gradient_norm`` for ``||grad_x E(x)||^2`` or ``energy`` for ``E(x)``.
-    """
-    if score == "energy":
-        with torch.no_grad():
-            return energy(x).detach()
-    if score != "gradient_norm":
-        raise ValueError(f"unknown anomaly score {score!r}; choose one of {', '.join(SCORES)}")
-    with torch.inference_mode(False), torch.enable_grad():  # Lightning validates under inference mode
-        x = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(energy(x).sum(), x)
-    return grad.flatten(1).pow(2).sum(1).detach()
+SCORES = ANOMALY_SCORES  # the name they have always had here
 
 
 def top_fraction_metrics(scores: Tensor, labels: Tensor, ratio: float = 0.2) -> dict[str, float]:

@@ -68,10 +68,18 @@ def mass_near_modes(
         device: where the energy is evaluated.
     """
     centres = centres.float().cpu()
-    gx, gy, log_density = density_grid(energy, *_grid_around(centres, 0.5 * std, 6.0 * std), device)
+    gx, gy, log_density = _density_around_modes(energy, centres, std, device)
     points = torch.stack([gx.flatten(), gy.flatten()], 1)
     near = torch.cdist(points, centres).min(1).values < threshold * std
     return float(log_density.flatten()[near].exp().sum())
+
+
+def _density_around_modes(
+    energy: EnergyFn, centres: Tensor, std: float, device: torch.device | str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`density_grid` over the modes' bounding box plus a margin (a quarter of its size, at least
+    6 std), with half a std between points: the grid of :func:`mass_near_modes` and :func:`spurious_minima`."""
+    return density_grid(energy, *_grid_around(centres, 0.5 * std, 6.0 * std), device)
 
 
 def _grid_around(centres: Tensor, spacing: float, min_margin: float) -> tuple[tuple[float, ...], int]:
@@ -133,7 +141,7 @@ def spurious_minima(
         device: where the energy is evaluated.
     """
     centres = centres.float().cpu()
-    gx, gy, log_density = density_grid(energy, *_grid_around(centres, 0.5 * std, 6.0 * std), device)
+    gx, gy, log_density = _density_around_modes(energy, centres, std, device)
     neighbours = torch.nn.functional.unfold(log_density[None, None].double(), 3).view(9, -1)  # 3x3 windows
     is_minimum = (neighbours[4][None] > torch.cat([neighbours[:4], neighbours[5:]])).all(0)  # lowest energy
     points = torch.stack([gx[1:-1, 1:-1].flatten(), gy[1:-1, 1:-1].flatten()], 1)[is_minimum]

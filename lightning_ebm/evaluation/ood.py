@@ -13,20 +13,24 @@ with the project's :func:`~lightning_ebm.evaluation.anomaly.threshold_free_metri
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from lightning_ebm.evaluation.anomaly import threshold_free_metrics
+from lightning_ebm.utils import check_choices, input_gradient
 
-OOD_SCORES = ("log_px", "max_prob", "neg_grad_norm")
+OODScore = Literal["log_px", "max_prob", "neg_grad_norm"]
+OOD_SCORES: tuple[OODScore, ...] = typing.get_args(OODScore)
 
 
 def ood_scores(
-    energy: Callable[[Tensor], Tensor], logits: Callable[[Tensor], Tensor], x: Tensor, score: str = "log_px"
+    energy: Callable[[Tensor], Tensor], logits: Callable[[Tensor], Tensor], x: Tensor, score: OODScore = "log_px"
 ) -> Tensor:
-    """The score of each example of ``x`` (higher = more in-distribution), shape ``(batch,)``.
+    """The score of each example of ``x`` (higher = more in-distribution), shape ``(batch,)``, detached.
 
     Args:
         energy: the model's ``energy`` (``E(x) = -log p(x) - log Z``).
@@ -34,18 +38,15 @@ def ood_scores(
         x: a batch of examples.
         score: ``log_px``, ``max_prob`` or ``neg_grad_norm``.
     """
+    check_choices(ood_scores, {"score": score})
     if score == "log_px":
         with torch.no_grad():
             return -energy(x).detach()
     if score == "max_prob":
         with torch.no_grad():
             return logits(x).softmax(1).max(1).values.detach()
-    if score != "neg_grad_norm":
-        raise ValueError(f"unknown OOD score {score!r}; choose one of {', '.join(OOD_SCORES)}")
-    with torch.inference_mode(False), torch.enable_grad():  # Lightning validates under inference mode
-        x = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(energy(x).sum(), x)
-    return -grad.flatten(1).norm(dim=1).detach()
+    _, grad = input_gradient(energy, x)  # also under Lightning's inference mode (validation, test)
+    return -grad.flatten(1).norm(dim=1)
 
 
 def ood_auroc(in_scores: Tensor, out_scores: Tensor) -> float:

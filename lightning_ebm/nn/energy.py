@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_ebm.utils import eval_mode
+
 
 class ProductOfExpertsEnergy(nn.Module):
     """Product-of-experts energy on deep features (Kim & Bengio 2016, Eq. 11)::
@@ -39,10 +41,8 @@ class ProductOfExpertsEnergy(nn.Module):
         super().__init__()
         self.feature_net = feature_net
         data_dim = math.prod(data_shape)
-        with torch.no_grad():
-            was_training = feature_net.training
-            feature_dim = feature_net.eval()(torch.zeros(2, *data_shape)).flatten(1).shape[1]
-            feature_net.train(was_training)
+        with torch.no_grad(), eval_mode(feature_net):
+            feature_dim = feature_net(torch.zeros(2, *data_shape)).flatten(1).shape[1]
         self.experts = nn.Linear(feature_dim, num_experts)  # rows w_i, biases c_i
         self.visible_bias = nn.Parameter(torch.zeros(data_dim))  # b
         log_sigma = torch.tensor(math.log(sigma))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import typing
 
 import lightning as L
 import numpy as np
@@ -54,8 +57,44 @@ def test_scores_of_a_quadratic_energy() -> None:
     x = torch.randn(6, 2, 2)
     torch.testing.assert_close(anomaly_scores(energy, x, "gradient_norm"), 9.0 * x.flatten(1).pow(2).sum(1))
     torch.testing.assert_close(anomaly_scores(energy, x, "energy"), energy(x))
-    with pytest.raises(ValueError, match="unknown anomaly score"):
+    with pytest.raises(ValueError, match="score must be one of 'gradient_norm', 'energy'; got 'likelihood'"):
         anomaly_scores(energy, x, "likelihood")
+
+
+def test_scores_under_inference_mode_and_leave_the_input_alone() -> None:
+    """Lightning validates and tests under ``torch.inference_mode``: the gradient score still works, and
+    neither score changes the batch or leaves a graph behind."""
+    weights = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+
+    def energy(x: Tensor) -> Tensor:
+        return (x * weights).pow(2).sum(1)
+
+    x = torch.randn(5, 3)
+    with torch.inference_mode():
+        batch = x.clone()
+        gradient = anomaly_scores(energy, batch, "gradient_norm")
+        energies = anomaly_scores(energy, batch, "energy")
+    torch.testing.assert_close(gradient, (2 * x * weights.detach() ** 2).pow(2).sum(1))
+    torch.testing.assert_close(energies, energy(x).detach())
+    assert not gradient.requires_grad and not energies.requires_grad and weights.grad is None
+    assert torch.equal(batch, x) and not batch.requires_grad
+
+
+def test_the_scores_live_in_a_low_level_module_that_evaluation_re_exports() -> None:
+    """Models take the scores from :mod:`lightning_ebm.scores`, which needs neither the evaluation
+    package nor the models; the old imports from ``lightning_ebm.evaluation.anomaly`` still work."""
+    import lightning_ebm.evaluation.anomaly as evaluation_anomaly
+    import lightning_ebm.scores as scores
+
+    assert evaluation_anomaly.anomaly_scores is scores.anomaly_scores is anomaly_scores
+    assert evaluation_anomaly.SCORES == scores.ANOMALY_SCORES == ("gradient_norm", "energy")
+    assert typing.get_args(scores.AnomalyScore) == scores.ANOMALY_SCORES
+    code = (
+        "import sys, lightning_ebm.scores; "
+        "loaded = sorted(m for m in sys.modules if m.startswith('lightning_ebm')); "
+        "assert loaded == ['lightning_ebm', 'lightning_ebm.scores', 'lightning_ebm.utils'], loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
 
 
 class GaussianEnergy(EnergyBasedModel):
