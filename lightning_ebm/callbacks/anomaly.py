@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,21 +9,16 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.callbacks.utils import EvaluationCollector, log_figure
+from lightning_ebm.callbacks.utils import (
+    EvaluationCollector,
+    check_scores,
+    gather_ragged,
+    is_last_epoch,
+    log_figure,
+)
 from lightning_ebm.errors import UserError
-from lightning_ebm.evaluation.anomaly import SCORES, anomaly_metrics, anomaly_scores
-
-
-def gather_ragged(trainer: L.Trainer, value: Tensor) -> Tensor:
-    """Concatenate every process's 1-D ``value`` (lengths may differ), in rank order."""
-    if trainer.world_size == 1:
-        return value
-    length = torch.tensor([value.shape[0]], device=value.device)
-    lengths = trainer.strategy.all_gather(length).flatten()
-    padded = torch.full((int(lengths.max()),), math.nan, dtype=value.dtype, device=value.device)
-    padded[: value.shape[0]] = value
-    gathered = trainer.strategy.all_gather(padded)
-    return torch.cat([gathered[r, : int(n)] for r, n in enumerate(lengths)])
+from lightning_ebm.evaluation.anomaly import anomaly_metrics
+from lightning_ebm.scores import ANOMALY_SCORES, AnomalyScore, anomaly_scores
 
 
 class AnomalyDetection(EvaluationCollector):
@@ -46,13 +40,12 @@ class AnomalyDetection(EvaluationCollector):
         every_n_epochs: validation epochs between evaluations (the last epoch always counts).
     """
 
-    def __init__(self, scores: Sequence[str] = SCORES, ratio: float = 0.2, every_n_epochs: int = 1) -> None:
-        unknown = [s for s in scores if s not in SCORES]
-        if unknown or not scores:
-            raise UserError(f"unknown anomaly score(s) {unknown or scores}; choose from {', '.join(SCORES)}")
+    def __init__(
+        self, scores: Sequence[AnomalyScore] = ANOMALY_SCORES, ratio: float = 0.2, every_n_epochs: int = 1
+    ) -> None:
+        self.scores = check_scores("AnomalyDetection", scores, anomaly_scores, ANOMALY_SCORES)
         if not 0.0 < ratio < 1.0:
             raise UserError(f"ratio must be in (0, 1), got {ratio}")
-        self.scores = tuple(scores)
         self.ratio = ratio
         self.every_n_epochs = every_n_epochs
         self.last: dict[str, float] = {}
@@ -78,14 +71,7 @@ class AnomalyDetection(EvaluationCollector):
         self._collected["labels"].append(y.detach().flatten().float())
 
     # ------------------------------------------------------------------ metrics
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        self._finish(trainer, pl_module, "val", plot=last)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(trainer, pl_module, "test", plot=True)
-
-    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, plot: bool) -> None:
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._active or not self._collected["labels"]:
             return
         self._active = False
@@ -97,7 +83,7 @@ class AnomalyDetection(EvaluationCollector):
                 self.last[f"{stage}/anomaly/{score}/{metric}"] = value
         for name, value in self.last.items():
             pl_module.log(name, value, prog_bar=name.endswith("gradient_norm/f1") or name.endswith("/auprc"))
-        if plot and trainer.is_global_zero:
+        if (stage == "test" or is_last_epoch(trainer)) and trainer.is_global_zero:
             log_figure(trainer, f"{stage}/anomaly_scores", score_histograms(gathered, labels))
         self._collected = {}
 

@@ -8,8 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.callbacks.anomaly import gather_ragged
-from lightning_ebm.callbacks.utils import EvaluationCollector, log_figure
+from lightning_ebm.callbacks.utils import EvaluationCollector, gather_ragged, log_figure
 from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation.calibration import calibration_bins, expected_calibration_error, reliability_diagram
 
@@ -53,12 +52,6 @@ class Calibration(EvaluationCollector):
             raise UserError("Calibration needs labelled batches (x, y); this data module's batches have no labels")
         self._probabilities.append(pl_module.logits(batch[0]).float().softmax(1))
         self._labels.append(batch[1].flatten())
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(trainer, pl_module, "test")
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._active or not self._labels:

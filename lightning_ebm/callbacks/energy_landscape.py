@@ -6,12 +6,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.callbacks.utils import log_figure, reference_data, should_run
+from lightning_ebm.callbacks.utils import PeriodicPlot, log_figure, reference_data
 from lightning_ebm.evaluation.landscape import density_grid
 from lightning_ebm.models.base import EnergyBasedModel
+from lightning_ebm.utils import eval_mode
 
 
-class EnergyLandscape(L.Callback):
+class EnergyLandscape(PeriodicPlot):
     """Every ``every_n_epochs`` epochs, plot ``exp(-E)`` over the data's range with data and samples.
 
     Written to TensorBoard (tag ``energy_landscape``) and as PNG files in ``<log_dir>/plots/``.
@@ -34,16 +35,11 @@ class EnergyLandscape(L.Callback):
         num_samples: int = 1000,
         log_range: float = 20.0,
     ) -> None:
-        self.every_n_epochs = every_n_epochs
+        super().__init__(every_n_epochs)
         self.resolution = resolution
         self.bounds = bounds
         self.num_samples = num_samples
         self.log_range = log_range
-        self.last_path = None
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
-        if should_run(trainer, self.every_n_epochs):
-            self.plot(trainer, pl_module)
 
     def _bounds(self, data: Tensor | None, samples: Tensor | None) -> tuple[float, float, float, float]:
         if self.bounds is not None:
@@ -64,15 +60,11 @@ class EnergyLandscape(L.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
+        with eval_mode(pl_module):
             data = reference_data(trainer)
             samples = pl_module.sample(self.num_samples).float().cpu() if self.num_samples else None
             bounds = self._bounds(data, samples)
             gx, gy, log_density = density_grid(pl_module.energy, bounds, self.resolution, pl_module.device)
-        finally:
-            pl_module.train(was_training)
         top = float(log_density.max())
         # ranks of -E over the grid: shows every basin, however unequal their depths
         ranks = log_density.flatten().argsort().argsort().float().view_as(log_density) / log_density.numel()

@@ -17,23 +17,26 @@ import hashlib
 import json
 import os
 import socket
+import typing
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_ebm.callbacks.utils import is_due
+from lightning_ebm.callbacks.utils import RankZeroEvaluation, log_rank_zero_values, named_value_range
 from lightning_ebm.errors import UserError
+from lightning_ebm.utils import check_choices
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-CIFAR10_REFERENCES = {"cifar10-train": True, "cifar10-test": False}
-SPLIT_REFERENCES = ("train", "val", "test")
+Reference = Literal["cifar10-train", "cifar10-test", "train", "val", "test"]
+CIFAR10_REFERENCES = {"cifar10-train": True, "cifar10-test": False}  # read from CIFAR-10's files: train=True/False
+SPLIT_REFERENCES = tuple(r for r in typing.get_args(Reference) if r not in CIFAR10_REFERENCES)
 DOWNLOAD_TIMEOUT_S = 60.0
 
 
@@ -117,7 +120,7 @@ def to_uint8(images: Tensor, value_range: tuple[float, float]) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-class ImageQuality(L.Callback):
+class ImageQuality(RankZeroEvaluation):
     """Every ``every_n_epochs`` epochs (and at the last), FID and Inception Score of ``model.sample``.
 
     Logs ``val/fid`` and ``val/inception_score`` (and ``test/...`` in ``test``), on the progress bar too.
@@ -164,7 +167,7 @@ class ImageQuality(L.Callback):
         every_n_epochs: int = 5,
         fid: bool = True,
         inception_score: bool = True,
-        reference: str = "cifar10-train",
+        reference: Reference = "cifar10-train",
         num_reference: int | None = None,
         data_dir: str | None = None,
         feature_extractor: nn.Module | None = None,
@@ -177,9 +180,7 @@ class ImageQuality(L.Callback):
         antialias: bool = False,
         seed: int = 0,
     ) -> None:
-        if reference not in (*CIFAR10_REFERENCES, *SPLIT_REFERENCES):
-            choices = ", ".join((*CIFAR10_REFERENCES, *SPLIT_REFERENCES))
-            raise UserError(f"unknown reference {reference!r}; choose one of {choices}")
+        check_choices(ImageQuality.__init__, {"reference": reference})
         if not fid and not inception_score:
             raise UserError("ImageQuality with fid: false and inception_score: false has nothing to compute")
         if num_samples < 2 or batch_size < 1 or splits < 1:
@@ -252,10 +253,7 @@ class ImageQuality(L.Callback):
     def _value_range(self, trainer: L.Trainer | None, images: Tensor) -> tuple[float, float]:
         if self.value_range is not None:
             return tuple(self.value_range)
-        named = getattr(getattr(trainer, "datamodule", None), "value_range", None)
-        if named in ("symmetric", "unit"):
-            return (-1.0, 1.0) if named == "symmetric" else (0.0, 1.0)
-        return (-1.0, 1.0) if float(images.min()) < 0 else (0.0, 1.0)
+        return named_value_range(trainer) or ((-1.0, 1.0) if float(images.min()) < 0 else (0.0, 1.0))
 
     def _reference_batches(self, trainer: L.Trainer | None) -> tuple[dict[str, Any], Iterator[Tensor]]:
         """The reference data set's description (for the cache key) and its images in batches."""
@@ -376,19 +374,11 @@ class ImageQuality(L.Callback):
                     results["inception_score"] = float(is_metric.compute()[0])
         return results
 
-    def _evaluate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str) -> None:
+    def _evaluate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         names = [name for name, on in (("fid", self.fid), ("inception_score", self.inception_score)) if on]
-        values = torch.zeros(len(names), dtype=torch.float64, device=pl_module.device)
-        if trainer.is_global_zero:
+
+        def compute() -> list[float]:
             results = self.evaluate(trainer, pl_module)
-            values = torch.tensor([results[n] for n in names], dtype=torch.float64, device=pl_module.device)
-        values = trainer.strategy.broadcast(values, src=0)
-        for name, value in zip(names, values):
-            pl_module.log(f"{prefix}/{name}", value.float(), prog_bar=True)
+            return [results[name] for name in names]
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if is_due(trainer, self.every_n_epochs):
-            self._evaluate_and_log(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._evaluate_and_log(trainer, pl_module, "test")
+        log_rank_zero_values(trainer, pl_module, [f"{stage}/{name}" for name in names], compute, prog_bar=True)

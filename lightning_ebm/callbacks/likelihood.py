@@ -6,11 +6,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.callbacks.utils import is_due
+from lightning_ebm.callbacks.utils import RankZeroEvaluation, log_rank_zero_values
 from lightning_ebm.evaluation.likelihood import estimate_log_partition, log_likelihood
 
 
-class AISLogLikelihood(L.Callback):
+class AISLogLikelihood(RankZeroEvaluation):
     """Every ``every_n_epochs`` epochs (and at the last), estimate ``log Z`` by AIS and log the mean
     log-likelihood of held-out data.
 
@@ -51,38 +51,20 @@ class AISLogLikelihood(L.Callback):
         self.seed = seed
         self.test_num_betas = test_num_betas
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not is_due(trainer, self.every_n_epochs) or not getattr(pl_module, "likelihood_ready", True):
+    def _evaluate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """AIS on rank 0, broadcast to every rank, logged under ``<stage>/...``."""
+        if stage == "val" and not getattr(pl_module, "likelihood_ready", True):
             return  # (a DBM in its pretraining phase has no likelihood of its own yet)
+        test = stage == "test"
         names = (
-            "val/log_likelihood",
-            "train/log_likelihood",
-            "val/log_partition",
-            "val/log_partition_interval",
-            "val/ais_effective_sample_size",
+            f"{stage}/log_likelihood",
+            "test/train_log_likelihood" if test else "train/log_likelihood",
+            f"{stage}/log_partition",
+            f"{stage}/log_partition_interval",
+            f"{stage}/ais_effective_sample_size",
         )
-        self._evaluate_and_log(trainer, pl_module, names, "val_data", self.num_betas)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        names = (
-            "test/log_likelihood",
-            "test/train_log_likelihood",
-            "test/log_partition",
-            "test/log_partition_interval",
-            "test/ais_effective_sample_size",
-        )
-        self._evaluate_and_log(trainer, pl_module, names, "test_data", self.test_num_betas)
-
-    def _evaluate_and_log(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, names: tuple[str, ...], split: str, num_betas: int
-    ) -> None:
-        """AIS on rank 0, broadcast to every rank, logged under ``names``."""
-        values = torch.zeros(len(names), dtype=torch.float64, device=pl_module.device)
-        if trainer.is_global_zero:
-            values = self.evaluate(trainer, pl_module, split, num_betas).to(pl_module.device)
-        values = trainer.strategy.broadcast(values, src=0)
-        for name, value in zip(names, values):
-            pl_module.log(name, value.float())
+        split, num_betas = ("test_data", self.test_num_betas) if test else ("val_data", self.num_betas)
+        log_rank_zero_values(trainer, pl_module, names, lambda: self.evaluate(trainer, pl_module, split, num_betas))
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, num_betas: int) -> Tensor:
         """``[held-out log-likelihood, train log-likelihood, log Z, half-width of the interval, ESS]``."""

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from lightning_ebm.callbacks.utils import is_due
+from lightning_ebm.callbacks.utils import RankZeroEvaluation, log_rank_zero_values, named_value_range
 from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation.modes import mode_histogram_metrics, mode_ids
 
 TRAIN_COMMAND = "python -m lightning_ebm fit --config mnist_classifier.yaml --data.data_dir PATH/TO/data"
-_NAMED_RANGES = {"symmetric": (-1.0, 1.0), "unit": (0.0, 1.0)}
 
 
 def load_classifier(path: str, device: torch.device | str = "cpu") -> L.LightningModule:
@@ -47,7 +46,7 @@ def load_classifier(path: str, device: torch.device | str = "cpu") -> L.Lightnin
     return model.eval()
 
 
-class ModeCounting(L.Callback):
+class ModeCounting(RankZeroEvaluation):
     """Every ``every_n_epochs`` validation epochs (and at the last), the modes and mode KL of ``model.sample``.
 
     Uses only ``pl_module.sample(n)``, which must return ``(n, num_stacks, 28, 28)`` images. Samples are
@@ -108,8 +107,7 @@ class ModeCounting(L.Callback):
     def _value_range(self, trainer: L.Trainer | None, classifier: L.LightningModule) -> tuple[float, float]:
         if self.value_range is not None:
             return (float(self.value_range[0]), float(self.value_range[1]))
-        named = getattr(getattr(trainer, "datamodule", None), "value_range", None)
-        return _NAMED_RANGES.get(named, classifier.input_range)
+        return named_value_range(trainer) or classifier.input_range
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer | None, pl_module: L.LightningModule) -> dict[str, float]:
@@ -138,19 +136,10 @@ class ModeCounting(L.Callback):
                 done += b
         return mode_histogram_metrics(torch.cat(ids), 10**n)
 
-    def _evaluate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str) -> None:
-        values = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
-        if trainer.is_global_zero:
+    def _evaluate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        def compute() -> list[float]:
             results = self.evaluate(trainer, pl_module)
-            values = torch.tensor([results["modes"], results["kl"]], dtype=torch.float64, device=pl_module.device)
-        values = trainer.strategy.broadcast(values, src=0)
-        self.last = {f"{prefix}/modes": float(values[0]), f"{prefix}/mode_kl": float(values[1])}
-        for name, value in self.last.items():
-            pl_module.log(name, value, prog_bar=True)
+            return [results["modes"], results["kl"]]
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if is_due(trainer, self.every_n_epochs):
-            self._evaluate_and_log(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._evaluate_and_log(trainer, pl_module, "test")
+        names = (f"{stage}/modes", f"{stage}/mode_kl")
+        self.last = log_rank_zero_values(trainer, pl_module, names, compute, prog_bar=True)

@@ -9,10 +9,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.callbacks.anomaly import gather_ragged
-from lightning_ebm.callbacks.utils import EvaluationCollector
+from lightning_ebm.callbacks.utils import EvaluationCollector, check_scores, gather_ragged
 from lightning_ebm.errors import UserError
-from lightning_ebm.evaluation.ood import OOD_SCORES, ood_auroc, ood_scores
+from lightning_ebm.evaluation.ood import OOD_SCORES, OODScore, ood_auroc, ood_scores
 
 
 class OODDetection(EvaluationCollector):
@@ -44,15 +43,12 @@ class OODDetection(EvaluationCollector):
     def __init__(
         self,
         ood_data: L.LightningDataModule,
-        scores: Sequence[str] = OOD_SCORES,
+        scores: Sequence[OODScore] = OOD_SCORES,
         every_n_epochs: int = 1,
         max_examples: int = 2000,
     ) -> None:
-        unknown = [s for s in scores if s not in OOD_SCORES]
-        if unknown or not scores:
-            raise UserError(f"unknown OOD score(s) {unknown or list(scores)}; choose from {', '.join(OOD_SCORES)}")
         self.ood_data = ood_data
-        self.scores = tuple(scores)
+        self.scores = check_scores("OODDetection", scores, ood_scores, OOD_SCORES)
         self.every_n_epochs = every_n_epochs
         self.max_examples = max_examples
         self.last: dict[str, float] = {}
@@ -80,12 +76,6 @@ class OODDetection(EvaluationCollector):
         for name, value in self._score(pl_module, x).items():
             self._collected[name].append(value)
         self._count += x.shape[0]
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(trainer, pl_module, "test")
 
     def _ood_batches(self) -> Any:
         if not self._ready:

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torchvision.utils import make_grid
 
-from lightning_ebm.callbacks.utils import log_figure, log_image, reference_data, should_run, to_unit_range
+from lightning_ebm.callbacks.utils import PeriodicPlot, log_figure, log_image, reference_data, to_unit_range
 from lightning_ebm.models.base import EnergyBasedModel
 
 
@@ -54,7 +54,7 @@ def _scatter(trainer: L.Trainer, samples: torch.Tensor, labels: torch.Tensor | N
     return fig
 
 
-class SampleGrid(L.Callback):
+class SampleGrid(PeriodicPlot):
     """Every ``every_n_epochs`` epochs, draw ``model.sample(num_samples)`` and plot it.
 
     Images become a grid; 2D points a scatter plot over the held-out data. Written to TensorBoard
@@ -74,15 +74,10 @@ class SampleGrid(L.Callback):
         nrow: int = 8,
         value_range: tuple[float, float] | None = None,
     ) -> None:
+        super().__init__(every_n_epochs)
         self.num_samples = num_samples
-        self.every_n_epochs = every_n_epochs
         self.nrow = nrow
         self.value_range = value_range
-        self.last_path = None
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
-        if should_run(trainer, self.every_n_epochs):
-            self.plot(trainer, pl_module)
 
     @torch.no_grad()
     def plot(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
@@ -90,7 +85,7 @@ class SampleGrid(L.Callback):
         self.last_path = _log_samples(self, trainer, "samples", samples, self.nrow, self.value_range)
 
 
-class ConditionalSampleGrid(L.Callback):
+class ConditionalSampleGrid(PeriodicPlot):
     """Every ``every_n_epochs`` epochs, draw ``samples_per_class`` samples of each class with the
     model's ``sample(n, y=...)`` and plot them: one row per class for images, a scatter plot coloured
     by class for 2D points (tag ``conditional_samples``; TensorBoard and ``<log_dir>/plots/``).
@@ -113,16 +108,11 @@ class ConditionalSampleGrid(L.Callback):
         value_range: tuple[float, float] | None = None,
         max_classes: int = 10,
     ) -> None:
+        super().__init__(every_n_epochs)
         self.samples_per_class = samples_per_class
-        self.every_n_epochs = every_n_epochs
         self.steps = steps
         self.value_range = value_range
         self.max_classes = max_classes
-        self.last_path = None
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:
-        if should_run(trainer, self.every_n_epochs):
-            self.plot(trainer, pl_module)
 
     @torch.no_grad()
     def plot(self, trainer: L.Trainer, pl_module: EnergyBasedModel) -> None:

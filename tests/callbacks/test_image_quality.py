@@ -154,7 +154,7 @@ def test_corrupt_inception_weights_are_reported(tmp_path: Path) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(UserError, match="unknown reference 'imagenet'"):
+    with pytest.raises(ValueError, match="reference must be one of 'cifar10-train', .*'test'; got 'imagenet'"):
         ImageQuality(reference="imagenet")
     with pytest.raises(UserError, match="nothing to compute"):
         ImageQuality(fid=False, inception_score=False)

@@ -12,22 +12,16 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers.cli import run_cli
 from helpers.data import real_mnist_dir
 
 from lightning_ebm.callbacks import ModeCounting
-from lightning_ebm.cli import CONFIG_DIR, main
+from lightning_ebm.cli import CONFIG_DIR
 from lightning_ebm.datamodules import MNISTDataModule, StackedMNISTDataModule
 from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation import mode_histogram_metrics, mode_ids
 from lightning_ebm.models import Classifier
 from lightning_ebm.nn import ConvClassifier
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        return main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 # ------------------------------------------------------------------------------ the metrics by hand

@@ -137,8 +137,10 @@ def test_callback_logs_every_metric_of_every_score(tmp_path) -> None:
 
 
 def test_callback_needs_labels_and_valid_arguments(tmp_path) -> None:
-    with pytest.raises(UserError, match="unknown anomaly score"):
-        AnomalyDetection(scores=["likelihood"])
+    with pytest.raises(ValueError, match="score must be one of 'gradient_norm', 'energy'; got 'likelihood'"):
+        AnomalyDetection(scores=["energy", "likelihood"])
+    with pytest.raises(UserError, match="at least one score of gradient_norm, energy"):
+        AnomalyDetection(scores=[])
     with pytest.raises(UserError, match="ratio"):
         AnomalyDetection(ratio=1.5)
     dm = TensorData(torch.randn(100, 2), batch_size=50, val_data=torch.randn(100, 2))
