@@ -14,8 +14,10 @@ callback builds the network itself and feeds both metrics its features.) Incepti
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import pickle
 import socket
 import typing
 import warnings
@@ -38,6 +40,12 @@ Reference = Literal["cifar10-train", "cifar10-test", "train", "val", "test"]
 CIFAR10_REFERENCES = {"cifar10-train": True, "cifar10-test": False}  # read from CIFAR-10's files: train=True/False
 SPLIT_REFERENCES = tuple(r for r in typing.get_args(Reference) if r not in CIFAR10_REFERENCES)
 DOWNLOAD_TIMEOUT_S = 60.0
+#: what loading a truncated, empty or foreign ``.pth`` file raises: torch's zip reader (``RuntimeError``,
+#: also ``load_state_dict``'s for missing or unexpected keys), the unpickler, the end of the file.
+UNREADABLE_FILE_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError)
+#: what a failed download raises: no network, a timeout, an HTTP error status (``URLError`` and
+#: ``socket.timeout`` are ``OSError``), a connection dropped mid-file, a full disk.
+DOWNLOAD_ERRORS = (OSError, http.client.HTTPException)
 
 
 def default_inception_weights() -> str:
@@ -73,7 +81,7 @@ class InceptionFeatures(nn.Module):
                 feature_extractor_weights_path=weights,
                 antialias=antialias,
             )
-        except Exception as exc:  # unpickling errors, missing keys of a wrong file
+        except UNREADABLE_FILE_ERRORS as exc:
             raise UserError(
                 f"Inception weights {weights} are corrupt or not torch-fidelity's {INCEPTION_FILE} "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); download {INCEPTION_URL} again"
@@ -222,7 +230,7 @@ class ImageQuality(RankZeroEvaluation):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             torch.hub.download_url_to_file(INCEPTION_URL, path, progress=False)
-        except Exception as exc:
+        except DOWNLOAD_ERRORS as exc:
             raise UserError(
                 f"Inception weights for FID / IS not found at {path} and downloading them failed "
                 f"({' '.join(str(exc).split())[:200]}); without internet, {how}"
@@ -303,12 +311,16 @@ class ImageQuality(RankZeroEvaluation):
         path = os.path.join(self.cache_dir, f"{description['split']}-{key}.pt") if self.cache_dir else None
         if path and os.path.isfile(path):
             try:
-                stats = torch.load(path, weights_only=True)
-                if stats.get("description") == json.loads(json.dumps(description, default=str)):
-                    self._reference, self._reference_key = stats["statistics"], key
-                    return self._reference
-            except Exception:  # a damaged cache file is recomputed and rewritten
-                pass
+                cached = torch.load(path, weights_only=True)
+            except (*UNREADABLE_FILE_ERRORS, OSError):  # a damaged cache file is recomputed and rewritten
+                cached = None
+            if (
+                isinstance(cached, dict)
+                and cached.get("description") == json.loads(json.dumps(description, default=str))
+                and isinstance(cached.get("statistics"), dict)
+            ):
+                self._reference, self._reference_key = cached["statistics"], key
+                return self._reference
         total, cov, count = None, None, 0
         for batch in batches:
             if batch.dtype != torch.uint8:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+import torchmetrics.image.fid
+import torchmetrics.utilities.imports
 from helpers.data import write_cifar10
 from helpers.image_quality import RandomConvFeatures, ShiftedImages, build, random_inception_weights
 
@@ -151,6 +155,90 @@ def test_corrupt_inception_weights_are_reported(tmp_path: Path) -> None:
     weights.write_bytes(b"this is not a checkpoint")
     with pytest.raises(UserError, match="corrupt or not torch-fidelity's"):
         InceptionFeatures(str(weights))
+
+
+class FidelityStandIn(torch.nn.Linear):
+    """Loads its weights file as torch-fidelity's Inception does (``torch.load`` + ``load_state_dict``)."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str, antialias: bool):
+        super().__init__(2, 2)
+        self.load_state_dict(torch.load(feature_extractor_weights_path, weights_only=False))
+
+
+def test_unreadable_inception_weights_are_reported_and_other_errors_surface(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged or foreign weights file is a UserError naming the fix; a programming error (here an
+    Inception class that no longer takes the arguments given) is not disguised as one."""
+    monkeypatch.setattr(torchmetrics.utilities.imports, "_TORCH_FIDELITY_AVAILABLE", True)
+    monkeypatch.setattr(torchmetrics.image.fid, "NoTrainInceptionV3", FidelityStandIn)
+    good = tmp_path / "good.pth"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), good)
+    assert InceptionFeatures(str(good)).identity.endswith("antialias=False")
+    torch.save(torch.nn.Linear(3, 2).state_dict(), foreign := tmp_path / "foreign.pth")
+    (garbage := tmp_path / "garbage.pth").write_bytes(b"<html>404 Not Found</html>")
+    (empty := tmp_path / "empty.pth").write_bytes(b"")
+    (truncated := tmp_path / "truncated.pth").write_bytes(good.read_bytes()[:300])
+    for path in (foreign, garbage, empty, truncated):
+        with pytest.raises(UserError, match=f"corrupt or not torch-fidelity's {INCEPTION_FILE}.*{INCEPTION_URL}"):
+            InceptionFeatures(str(path))
+
+    def outdated(name: str, features_list: list[str], feature_extractor_weights_path: str) -> None:
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(torchmetrics.image.fid, "NoTrainInceptionV3", outdated)
+    with pytest.raises(TypeError, match="antialias"):
+        InceptionFeatures(str(good))
+
+
+def test_a_failed_download_is_reported_and_other_errors_surface(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    timeout = socket.getdefaulttimeout()
+
+    def offline(url: str, dst: str, progress: bool = True) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match="downloading them failed .*name resolution.*without internet, download"):
+        ImageQuality().setup(None, None, "fit")
+    assert socket.getdefaulttimeout() == timeout
+
+    def buggy(url: str, dst: str, progress: bool = True) -> None:
+        raise KeyError("a bug, not a network failure")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", buggy)
+    with pytest.raises(KeyError, match="a bug"):
+        ImageQuality().setup(None, None, "fit")
+    assert socket.getdefaulttimeout() == timeout
+
+
+def test_a_damaged_reference_cache_is_recomputed_and_other_errors_surface(
+    cifar: CIFAR10DataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer, cache = trainer_with(cifar), tmp_path / "cache"
+
+    def reference() -> ImageQuality:
+        callback = ImageQuality(reference="val", feature_extractor=RandomConvFeatures(), cache_dir=str(cache))
+        callback.reference_statistics(trainer)
+        return callback
+
+    assert reference().reference_computations == 1
+    (path,) = cache.iterdir()
+    intact = path.read_bytes()
+    torch.save(torch.zeros(3), foreign := tmp_path / "foreign.pt")
+    for damaged in (intact[: len(intact) // 2], b"", b"not a torch file", foreign.read_bytes()):
+        path.write_bytes(damaged)
+        assert reference().reference_computations == 1  # recomputed ...
+        assert reference().reference_computations == 0  # ... and the file rewritten
+
+    def buggy(*args, **kwargs) -> None:
+        raise AttributeError("a bug in reading the cache")
+
+    monkeypatch.setattr(torch, "load", buggy)
+    with pytest.raises(AttributeError, match="a bug in reading the cache"):
+        reference()
 
 
 def test_bad_arguments() -> None:
