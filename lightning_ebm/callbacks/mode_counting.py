@@ -19,8 +19,9 @@ import lightning as L
 import torch
 
 from lightning_ebm.callbacks.utils import RankZeroEvaluation, log_rank_zero_values, named_value_range
+from lightning_ebm.datamodules.stacked_mnist import mode_ids
 from lightning_ebm.errors import UserError
-from lightning_ebm.evaluation.modes import mode_histogram_metrics, mode_ids
+from lightning_ebm.evaluation.modes import mode_histogram_metrics
 
 TRAIN_COMMAND = "python -m lightning_ebm fit --config mnist_classifier.yaml --data.data_dir PATH/TO/data"
 

@@ -6,7 +6,7 @@ from lightning_ebm.datamodules.kdd99 import KDD99DataModule
 from lightning_ebm.datamodules.lsun import LSUNDataModule
 from lightning_ebm.datamodules.mnist import MNISTDataModule
 from lightning_ebm.datamodules.mnist_anomaly import MNISTAnomalyDataModule
-from lightning_ebm.datamodules.stacked_mnist import StackedMNISTDataModule
+from lightning_ebm.datamodules.stacked_mnist import StackedMNISTDataModule, mode_digits, mode_ids
 from lightning_ebm.datamodules.toy2d import TOY_NAMES, Toy2DDataModule, mode_centres, sample_toy2d
 from lightning_ebm.datamodules.utils import TensorBatches
 
@@ -22,5 +22,7 @@ __all__ = [
     "TensorBatches",
     "Toy2DDataModule",
     "mode_centres",
+    "mode_digits",
+    "mode_ids",
     "sample_toy2d",
 ]

@@ -19,7 +19,8 @@ Validation and test stacks (``num_val`` and ``num_test`` of them) are drawn the 
 own digits with their own random streams, so that the three sets are fixed by ``seed`` and share no
 digit image. Batches are ``(x, y)``: ``x`` of shape ``(B, n, 28, 28)`` in [-1, 1] (``value_range``
 ``symmetric``, the range of the paper's tanh generator) or [0, 1], ``y`` of shape ``(B, n)``, the
-digit of each channel; :meth:`StackedMNISTDataModule.mode_id` turns ``y`` into the mode number.
+digit of each channel; :func:`mode_ids` (also :meth:`StackedMNISTDataModule.mode_id`) turns ``y`` into
+the mode number and :func:`mode_digits` back.
 """
 
 from __future__ import annotations
@@ -33,9 +34,22 @@ from torch import Tensor
 from lightning_ebm.datamodules.mnist import MNISTDataModule
 from lightning_ebm.datamodules.utils import TensorBatches, epoch_of, rank_and_world_size
 from lightning_ebm.errors import UserError
-from lightning_ebm.evaluation.modes import mode_ids
 
 SPLITS = ("train", "val", "test")
+
+
+def mode_ids(digits: Tensor) -> Tensor:
+    """The mode of each stacked image: its digit tuple ``(d_0, ..., d_{n-1})`` read as the decimal
+    number ``d_0 d_1 ... d_{n-1}`` (``(B, n)`` digits in 0..9 -> ``(B,)`` ids in ``0 .. 10**n - 1``)."""
+    n = digits.shape[-1]
+    powers = 10 ** torch.arange(n - 1, -1, -1, device=digits.device, dtype=torch.int64)
+    return (digits.long() * powers).sum(-1)
+
+
+def mode_digits(ids: Tensor, num_stacks: int) -> Tensor:
+    """The inverse of :func:`mode_ids`: ``(B,)`` ids -> ``(B, num_stacks)`` digits."""
+    powers = 10 ** torch.arange(num_stacks - 1, -1, -1, device=ids.device, dtype=torch.int64)
+    return torch.div(ids.long().unsqueeze(-1), powers, rounding_mode="floor") % 10
 
 
 class StackedMNISTDataModule(L.LightningDataModule):
@@ -126,7 +140,8 @@ class StackedMNISTDataModule(L.LightningDataModule):
 
     @staticmethod
     def mode_id(digits: Tensor) -> Tensor:
-        """The mode of each stack, ``(B, n)`` digits -> ``(B,)`` ids (the digits read as a decimal number)."""
+        """The mode of each stack, ``(B, n)`` digits -> ``(B,)`` ids (the digits read as a decimal number):
+        :func:`mode_ids`."""
         return mode_ids(digits)
 
     # ------------------------------------------------------------------ building the sets

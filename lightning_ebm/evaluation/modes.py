@@ -8,6 +8,11 @@ import math
 import torch
 from torch import Tensor
 
+# The mode ids belong to the StackedMNIST data (a mode is a tuple of digits); re-exported here.
+from lightning_ebm.datamodules.stacked_mnist import mode_digits, mode_ids
+
+__all__ = ["mode_digits", "mode_histogram_metrics", "mode_ids", "mode_metrics"]
+
 
 def mode_metrics(samples: Tensor, centres: Tensor, std: float, threshold: float = 3.0) -> dict[str, float]:
     """Mode coverage and sample quality of samples from a model of a Gaussian mixture.
@@ -47,20 +52,6 @@ def mode_metrics(samples: Tensor, centres: Tensor, std: float, threshold: float 
         "hq_fraction": float(hq.sum()) / samples.shape[0],
         "kl": kl,
     }
-
-
-def mode_ids(digits: Tensor) -> Tensor:
-    """The mode of each stacked image: its digit tuple ``(d_0, ..., d_{n-1})`` read as the decimal
-    number ``d_0 d_1 ... d_{n-1}`` (``(B, n)`` digits in 0..9 -> ``(B,)`` ids in ``0 .. 10**n - 1``)."""
-    n = digits.shape[-1]
-    powers = 10 ** torch.arange(n - 1, -1, -1, device=digits.device, dtype=torch.int64)
-    return (digits.long() * powers).sum(-1)
-
-
-def mode_digits(ids: Tensor, num_stacks: int) -> Tensor:
-    """The inverse of :func:`mode_ids`: ``(B,)`` ids -> ``(B, num_stacks)`` digits."""
-    powers = 10 ** torch.arange(num_stacks - 1, -1, -1, device=ids.device, dtype=torch.int64)
-    return torch.div(ids.long().unsqueeze(-1), powers, rounding_mode="floor") % 10
 
 
 def mode_histogram_metrics(ids: Tensor, num_modes: int) -> dict[str, float]:

@@ -12,9 +12,8 @@ import torch
 from helpers.data import fake_mnist, real_mnist_dir
 from scipy import stats
 
-from lightning_ebm.datamodules import MNISTDataModule, StackedMNISTDataModule
+from lightning_ebm.datamodules import MNISTDataModule, StackedMNISTDataModule, mode_digits, mode_ids
 from lightning_ebm.errors import UserError
-from lightning_ebm.evaluation import mode_digits, mode_ids
 
 
 def stacked(data_dir: Path, **kwargs) -> StackedMNISTDataModule:
