@@ -8,12 +8,13 @@ from lightning_ebm.datamodules.mnist import MNISTDataModule
 from lightning_ebm.datamodules.mnist_anomaly import MNISTAnomalyDataModule
 from lightning_ebm.datamodules.stacked_mnist import StackedMNISTDataModule, mode_digits, mode_ids
 from lightning_ebm.datamodules.toy2d import TOY_NAMES, Toy2DDataModule, mode_centres, sample_toy2d
-from lightning_ebm.datamodules.utils import TensorBatches
+from lightning_ebm.datamodules.utils import InMemoryLoaders, TensorBatches
 
 __all__ = [
     "TOY_NAMES",
     "CIFAR10DataModule",
     "CelebADataModule",
+    "InMemoryLoaders",
     "LSUNDataModule",
     "KDD99DataModule",
     "MNISTAnomalyDataModule",

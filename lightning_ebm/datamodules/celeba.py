@@ -19,11 +19,11 @@ time, Kim & Bengio 2016 among them, used); some later work crops 148 instead (``
 from __future__ import annotations
 
 import os
-import socket
 
 from torch.utils.data import Dataset
 
-from lightning_ebm.datamodules.images import ImageFiles, LazyImageDataModule, image_transform
+from lightning_ebm.datamodules.images import ImageFiles, LazyImageDataModule, ValueRange, image_transform
+from lightning_ebm.datamodules.utils import check_at_least, check_options, check_readable, download, read_error
 from lightning_ebm.errors import UserError
 
 BASE_FOLDER = "celeba"
@@ -31,7 +31,6 @@ IMAGE_FOLDER = "img_align_celeba"
 PARTITION_FILE = "list_eval_partition.txt"
 HOMEPAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 SPLITS = {"train": 0, "val": 1, "test": 2}
-DOWNLOAD_TIMEOUT_S = 60.0
 
 
 def read_partition(path: str) -> dict[str, list[str]]:
@@ -43,7 +42,9 @@ def read_partition(path: str) -> dict[str, list[str]]:
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise read_error("CelebA partition file", path, exc) from None
+    except UnicodeDecodeError as exc:
         raise UserError(f"cannot read CelebA partition file {path} ({exc}); download it again") from None
     by_code: dict[int, list[str]] = {0: [], 1: [], 2: []}
     for number, line in enumerate(lines, 1):
@@ -69,7 +70,8 @@ class CelebADataModule(LazyImageDataModule):
     Args:
         data_dir: directory holding ``celeba/`` (torchvision's layout).
         download: download the files with torchvision if they are missing (needs internet; Google
-            Drive often refuses with a quota error, see the message for the manual route).
+            Drive often refuses with a quota error, and offline the attempt fails within a minute: the
+            message gives the manual route).
         image_size: side of the square images.
         batch_size: images per training batch (per process under DDP).
         flip: random horizontal flips of training images.
@@ -82,18 +84,18 @@ class CelebADataModule(LazyImageDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        download: bool = False,
+        download: bool = True,
         image_size: int = 64,
         batch_size: int = 64,
         flip: bool = True,
         crop: int = 108,
-        value_range: str = "symmetric",
+        value_range: ValueRange = "symmetric",
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
+        check_options(type(self).__init__, locals())
         super().__init__(batch_size, num_workers, seed, value_range, image_size)
-        if crop < 1:
-            raise UserError(f"crop must be at least 1, got {crop}")
+        check_at_least(1, crop=crop)
         self.save_hyperparameters()
         self.data_dir = os.path.expanduser(str(data_dir))
         self.download = download
@@ -117,6 +119,7 @@ class CelebADataModule(LazyImageDataModule):
         return missing
 
     def _missing_error(self, missing: list[str]) -> UserError:
+        check_readable("the CelebA directory", self.folder, os.path.join(self.folder, IMAGE_FOLDER))
         return UserError(
             f"CelebA data not found: {self.folder} lacks {' and '.join(missing)} (expected {IMAGE_FOLDER}/*.jpg and "
             f"{PARTITION_FILE}). Set download: true (needs internet), or download 'Align&Cropped Images' "
@@ -129,18 +132,13 @@ class CelebADataModule(LazyImageDataModule):
             return
         import torchvision
 
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-        try:
-            torchvision.datasets.CelebA(self.data_dir, split="all", target_type=[], download=True)
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise UserError(
-                f"downloading CelebA into {self.folder} failed ({reason}). Download img_align_celeba.zip and "
-                f"{PARTITION_FILE} from {HOMEPAGE} by hand, unzip them into {self.folder}/ and set download: false"
-            ) from None
-        finally:
-            socket.setdefaulttimeout(previous)
+        download(
+            lambda: torchvision.datasets.CelebA(self.data_dir, split="all", target_type=[], download=True),
+            "CelebA",
+            self.folder,
+            f"Download img_align_celeba.zip and {PARTITION_FILE} from {HOMEPAGE} by hand, unzip them into "
+            f"{self.folder}/ and set download: false",
+        )
 
     def _transform(self, train: bool):  # noqa: ANN202
         return image_transform(self.image_size, crop=self.crop, flip=self.flip and train, value_range=self.value_range)
@@ -155,7 +153,10 @@ class CelebADataModule(LazyImageDataModule):
             raise self._missing_error(missing)
         splits = read_partition(os.path.join(self.folder, PARTITION_FILE))
         image_dir = os.path.join(self.folder, IMAGE_FOLDER)
-        present = set(os.listdir(image_dir))
+        try:
+            present = set(os.listdir(image_dir))
+        except OSError as exc:
+            raise read_error("CelebA image folder", image_dir, exc) from None
         absent = [name for names in splits.values() for name in names if name not in present]
         if absent:
             raise UserError(

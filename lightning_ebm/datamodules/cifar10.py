@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import LabelledTensorLoaders
+from lightning_ebm.datamodules.utils import (
+    InMemoryLoaders,
+    check_at_least,
+    check_holdout,
+    check_options,
+    check_readable,
+    download,
+    read_error,
+)
 from lightning_ebm.errors import UserError
 
 BASE_FOLDER = "cifar-10-batches-py"
@@ -35,8 +43,8 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 META_FILE = "batches.meta"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-VALUE_RANGES = ("symmetric", "unit")
-DOWNLOAD_TIMEOUT_S = 60.0
+ValueRange = Literal["symmetric", "unit"]
+VALUE_RANGES = typing.get_args(ValueRange)
 _SAFE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -72,7 +80,7 @@ def _unpickle(path: str) -> dict:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
     except OSError as exc:
-        raise UserError(f"cannot read CIFAR-10 file {path}: {exc.strerror or exc}") from None
+        raise read_error("CIFAR-10 file", path, exc) from None
     except Exception as exc:  # UnpicklingError, EOFError, ValueError, ... on damaged data
         raise _corrupt(path, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
     if not isinstance(obj, dict):
@@ -119,6 +127,7 @@ def cifar10_files_dir(data_dir: str) -> str:
 
 def missing_error(data_dir: str, missing: list[str]) -> UserError:
     folder = cifar10_files_dir(data_dir)
+    check_readable("the CIFAR-10 directory", folder)  # denied access is not absence
     return UserError(
         f"CIFAR-10 data not found: {folder} lacks {', '.join(missing)} (expected data_batch_1..5, test_batch "
         f"and batches.meta). Set download: true (needs internet), or download {URL} and extract it into "
@@ -138,7 +147,7 @@ def load_cifar10(data_dir: str, train: bool = True) -> tuple[Tensor, Tensor]:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-class CIFAR10DataModule(LabelledTensorLoaders, L.LightningDataModule):
+class CIFAR10DataModule(InMemoryLoaders, L.LightningDataModule):
     """CIFAR-10 in memory, as ``(x, y)`` batches: float32 images ``(B, 3, 32, 32)`` and int64 labels.
 
     The 50,000 training images are split by a seeded permutation into ``val_size`` validation images
@@ -152,7 +161,8 @@ class CIFAR10DataModule(LabelledTensorLoaders, L.LightningDataModule):
 
     Args:
         data_dir: directory holding ``cifar-10-batches-py/`` (torchvision's layout).
-        download: download and extract the archive with torchvision if files are missing (needs internet).
+        download: download and extract the archive with torchvision if files are missing (needs internet;
+            offline, the attempt fails within a minute with the manual route).
         batch_size: images per training batch (per process under DDP).
         val_size: training images held out for validation (0 for none).
         seed: seed of the split and of the shuffling (independent of the training seed).
@@ -165,21 +175,18 @@ class CIFAR10DataModule(LabelledTensorLoaders, L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        download: bool = False,
+        download: bool = True,
         batch_size: int = 64,
         val_size: int = 5000,
         seed: int = 0,
-        value_range: str = "symmetric",
+        value_range: ValueRange = "symmetric",
         flip: bool = False,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if value_range not in VALUE_RANGES:
-            raise UserError(f"unknown value_range {value_range!r}; choose one of {', '.join(VALUE_RANGES)}")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        if val_size < 0:
-            raise UserError(f"val_size must be 0 or more, got {val_size}")
+        check_options(type(self).__init__, locals())
+        check_at_least(1, batch_size=batch_size)
+        check_at_least(0, val_size=val_size, num_workers=num_workers)
         self.save_hyperparameters()
         self.data_dir = os.path.expanduser(str(data_dir))
         self.download = download
@@ -190,15 +197,6 @@ class CIFAR10DataModule(LabelledTensorLoaders, L.LightningDataModule):
         self.flip = flip
         self.num_workers = num_workers
         self.classes: list[str] | None = None
-        self.train_data: Tensor | None = None
-        self.val_data: Tensor | None = None
-        self.test_data: Tensor | None = None
-        self.train_labels: Tensor | None = None
-        self.val_labels: Tensor | None = None
-        self.test_labels: Tensor | None = None
-        self.train_indices: Tensor | None = None
-        self.val_indices: Tensor | None = None
-        self.test_indices: Tensor | None = None
 
     data_shape = (3, 32, 32)
 
@@ -218,18 +216,12 @@ class CIFAR10DataModule(LabelledTensorLoaders, L.LightningDataModule):
             return
         import torchvision
 
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-        try:
-            torchvision.datasets.CIFAR10(self.data_dir, train=False, download=True)
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise UserError(
-                f"downloading CIFAR-10 into {self.data_dir} failed ({reason}). Without internet, download {URL} "
-                f"elsewhere, extract it into {self.data_dir} and set download: false"
-            ) from None
-        finally:
-            socket.setdefaulttimeout(previous)
+        download(
+            lambda: torchvision.datasets.CIFAR10(self.data_dir, train=False, download=True),
+            "CIFAR-10",
+            self.data_dir,
+            f"Without internet, download {URL} elsewhere, extract it into {self.data_dir} and set download: false",
+        )
 
     def _to_float(self, images: Tensor) -> Tensor:
         x = images.to(torch.float32).div_(255.0)
@@ -247,11 +239,7 @@ class CIFAR10DataModule(LabelledTensorLoaders, L.LightningDataModule):
         train_x, train_y = load_cifar10(self.data_dir, train=True)
         test_x, test_y = load_cifar10(self.data_dir, train=False)
         n = train_x.shape[0]
-        if n - self.val_size < self.batch_size:
-            raise UserError(
-                f"val_size ({self.val_size}) leaves {max(n - self.val_size, 0)} of the {n} CIFAR-10 training images "
-                f"for training, fewer than batch_size ({self.batch_size}); lower val_size or batch_size"
-            )
+        check_holdout(n, self.batch_size, "CIFAR-10 training images", val_size=self.val_size)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         self.val_indices = perm[: self.val_size].sort().values
         self.train_indices = perm[self.val_size :].sort().values

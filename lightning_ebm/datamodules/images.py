@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -18,18 +19,25 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_ebm.datamodules.utils import check_at_least, read_error
 from lightning_ebm.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-VALUE_RANGES = ("symmetric", "unit")
+ValueRange = Literal["symmetric", "unit"]
+VALUE_RANGES = typing.get_args(ValueRange)
 
 
 def decode_image(source: str | bytes, name: str) -> Image.Image:
-    """An RGB PIL image from a file path or encoded bytes; ``UserError`` naming ``name`` if it is damaged."""
+    """An RGB PIL image from a file path or encoded bytes; ``UserError`` naming ``name`` if it is damaged
+    or cannot be read (permission denied said as such)."""
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         return image.convert("RGB")  # decodes the whole image, so truncated data fails here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):  # the file system's, not PIL's
+            raise read_error("image", name, exc) from None
+        raise UserError(f"image {name} is corrupt or truncated ({exc}); delete or replace it") from None
+    except (SyntaxError, ValueError) as exc:
         raise UserError(f"image {name} is corrupt or truncated ({exc}); delete or replace it") from None
 
 
@@ -38,7 +46,7 @@ def image_transform(
     crop: int | None = None,
     resize_first: bool = False,
     flip: bool = False,
-    value_range: str = "symmetric",
+    value_range: ValueRange = "symmetric",
 ) -> Callable[[Image.Image], Tensor]:
     """PIL image -> float32 ``(3, image_size, image_size)`` tensor in [-1, 1] (``symmetric``) or [0, 1].
 
@@ -83,9 +91,14 @@ class ImageFiles(Dataset):
 
 
 def list_image_files(folder: str) -> list[str]:
-    """Sorted paths of the image files under ``folder`` (recursively)."""
+    """Sorted paths of the image files under ``folder`` (recursively); a folder that cannot be listed is an
+    error, not a folder without images."""
+
+    def unreadable(exc: OSError) -> None:
+        raise read_error("image folder", exc.filename or folder, exc)
+
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs.sort()
         found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
     return found
@@ -104,16 +117,10 @@ class LazyImageDataModule(L.LightningDataModule):
     training one with the flips, if any) and implement :meth:`reference_dataset`.
     """
 
-    def __init__(self, batch_size: int, num_workers: int, seed: int, value_range: str, image_size: int) -> None:
+    def __init__(self, batch_size: int, num_workers: int, seed: int, value_range: ValueRange, image_size: int) -> None:
         super().__init__()
-        if value_range not in VALUE_RANGES:
-            raise UserError(f"unknown value_range {value_range!r}; choose one of {', '.join(VALUE_RANGES)}")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        if image_size < 1:
-            raise UserError(f"image_size must be at least 1, got {image_size}")
-        if num_workers < 0:
-            raise UserError(f"num_workers must be 0 or more, got {num_workers}")
+        check_at_least(1, batch_size=batch_size, image_size=image_size)
+        check_at_least(0, num_workers=num_workers)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed

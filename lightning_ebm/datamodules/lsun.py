@@ -23,7 +23,9 @@ Preprocessing (DCGAN's): the shorter side resized to ``image_size`` (64), then t
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 from PIL import Image
 from torch import Tensor
@@ -32,14 +34,17 @@ from torch.utils.data import Dataset, Subset
 from lightning_ebm.datamodules.images import (
     ImageFiles,
     LazyImageDataModule,
+    ValueRange,
     decode_image,
     image_transform,
     list_image_files,
     seeded_holdout,
 )
+from lightning_ebm.datamodules.utils import check_at_least, check_holdout, check_options, check_readable
 from lightning_ebm.errors import UserError
 
-SOURCES = ("lmdb", "folder")
+Source = Literal["lmdb", "folder"]
+SOURCES = typing.get_args(Source)
 HOMEPAGE = "https://github.com/fyu/lsun"
 
 
@@ -130,19 +135,17 @@ class LSUNDataModule(LazyImageDataModule):
         data_dir: str = "data",
         category: str = "bedroom",
         image_size: int = 64,
-        source: str = "lmdb",
+        source: Source = "lmdb",
         batch_size: int = 64,
         val_size: int = 3000,
         seed: int = 0,
         flip: bool = False,
-        value_range: str = "symmetric",
+        value_range: ValueRange = "symmetric",
         num_workers: int = 0,
     ) -> None:
+        check_options(type(self).__init__, locals())
         super().__init__(batch_size, num_workers, seed, value_range, image_size)
-        if source not in SOURCES:
-            raise UserError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-        if val_size < 0:
-            raise UserError(f"val_size must be 0 or more, got {val_size}")
+        check_at_least(0, val_size=val_size)
         self.save_hyperparameters()
         self.data_dir = os.path.expanduser(str(data_dir))
         self.category = category
@@ -180,9 +183,12 @@ class LSUNDataModule(LazyImageDataModule):
         )
 
     def _load_items(self, train: bool) -> Dataset:
+        check_readable(f"the LSUN {self.category} data", self.location)  # denied access is not absence
         if self.source == "lmdb":
-            if not os.path.isfile(os.path.join(self.location, "data.mdb")):
-                raise self._missing_error(f"no {os.path.join(self.location, 'data.mdb')}")
+            database = os.path.join(self.location, "data.mdb")
+            check_readable(f"the LSUN {self.category} database", database)
+            if not os.path.isfile(database):
+                raise self._missing_error(f"no {database}")
             keys = list_lmdb_keys(self.location)
             return LMDBImages(self.location, keys, self._transform(train))
         if not os.path.isdir(self.location):
@@ -197,11 +203,7 @@ class LSUNDataModule(LazyImageDataModule):
             return
         items = self._load_items(train=False)
         n = len(items)
-        if n - self.val_size < self.batch_size:
-            raise UserError(
-                f"val_size ({self.val_size}) leaves {max(n - self.val_size, 0)} of the {n} LSUN {self.category} "
-                f"images for training, fewer than batch_size ({self.batch_size}); lower val_size or batch_size"
-            )
+        check_holdout(n, self.batch_size, f"LSUN {self.category} images", val_size=self.val_size)
         train_idx, val_idx = seeded_holdout(n, self.val_size, self.seed)
         self.train_indices, self.val_indices = train_idx.tolist(), val_idx.tolist()
         if isinstance(items, LMDBImages):
@@ -215,6 +217,8 @@ class LSUNDataModule(LazyImageDataModule):
 
     def _test_items(self) -> Dataset:
         path = os.path.join(self.data_dir, f"{self.category}_val_lmdb")
+        if self.source == "lmdb":
+            check_readable(f"the LSUN {self.category} test data", path, os.path.join(path, "data.mdb"))
         if self.source != "lmdb" or not os.path.isfile(os.path.join(path, "data.mdb")):
             return ImageFiles([], self._transform(train=False))
         return LMDBImages(path, list_lmdb_keys(path), self._transform(train=False))

@@ -17,35 +17,39 @@ training batch is drawn (``dynamic``).
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import socket
-import zlib
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import LabelledTensorLoaders
+from lightning_ebm.datamodules.utils import (
+    InMemoryLoaders,
+    check_at_least,
+    check_holdout,
+    check_options,
+    check_readable,
+    download,
+    find_file,
+    read_bytes,
+    read_error,
+)
 from lightning_ebm.errors import UserError
 
-BINARIZE_CHOICES = ("none", "static", "dynamic")
-VALUE_RANGES = ("unit", "symmetric")
-SOURCES = ("full", "test-split")
+Binarize = Literal["none", "static", "dynamic"]
+ValueRange = Literal["unit", "symmetric"]
+Source = Literal["full", "test-split"]
+BINARIZE_CHOICES = typing.get_args(Binarize)
+VALUE_RANGES = typing.get_args(ValueRange)
+SOURCES = typing.get_args(Source)
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 #: where the files can be fetched by hand (torchvision's mirrors, in its order)
 MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
-#: seconds a download may wait on the network before giving up (urllib has no limit of its own)
-DOWNLOAD_TIMEOUT_S = 60.0
 _MAGIC = {3: 2051, 1: 2049}  # IDX magic numbers of uint8 images (3 dimensions) and labels (1 dimension)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _corrupt(path: str, problem: str) -> UserError:
@@ -83,23 +87,17 @@ def parse_idx(data: bytes, ndim: int, path: str = "<bytes>") -> Tensor:
 
 def _read_file(path: str) -> bytes:
     """The uncompressed bytes of ``path`` (decompressed in memory if it ends in ``.gz``)."""
-    try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise _corrupt(path, f"bad gzip data: {exc}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read MNIST file {path}: {exc.strerror or exc}") from None
+    return read_bytes(path, "MNIST file", _corrupt)
 
 
 def _check_header(path: str, ndim: int) -> None:
     """Check an uncompressed IDX file's magic number and size without reading it whole."""
-    with open(path, "rb") as f:
-        head = f.read(4 * (ndim + 1))
-    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 * (ndim + 1))
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise read_error("MNIST file", path, exc) from None
     if len(head) < 4 * (ndim + 1) or int.from_bytes(head[:4], "big") != _MAGIC[ndim]:
         parse_idx(head, ndim, path)  # raises with the precise problem
     dims = [int.from_bytes(head[4 * (i + 1) : 4 * (i + 2)], "big") for i in range(ndim)]
@@ -107,7 +105,7 @@ def _check_header(path: str, ndim: int) -> None:
         raise _corrupt(path, f"{size} bytes where the header announces {len(head) + math.prod(dims)}")
 
 
-class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
+class MNISTDataModule(InMemoryLoaders, L.LightningDataModule):
     """MNIST digits, in memory, as ``(x, y)`` batches: float32 images and int64 labels.
 
     After :meth:`setup`, ``train_data``, ``val_data`` and ``test_data`` hold the preprocessed images
@@ -123,7 +121,8 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
     Args:
         data_dir: directory of the data, in torchvision's layout: the IDX files are looked for in
             ``<data_dir>/MNIST/raw/`` (and, for ``test-split``, also in ``data_dir`` itself).
-        download: download the files with torchvision if they are missing (needs internet).
+        download: download the files with torchvision if they are missing (needs internet; offline,
+            the attempt fails within a minute with the manual route).
         batch_size: examples per training batch (per process under DDP).
         binarize: ``none`` (grey levels), ``static`` (each split binarised once, from ``seed``) or
             ``dynamic`` (training batches binarised afresh each time they are drawn).
@@ -140,24 +139,20 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        download: bool = False,
+        download: bool = True,
         batch_size: int = 100,
-        binarize: str = "none",
-        value_range: str = "unit",
+        binarize: Binarize = "none",
+        value_range: ValueRange = "unit",
         val_size: int = 5000,
         seed: int = 0,
-        source: str = "full",
+        source: Source = "full",
         test_size: int = 2000,
         flatten: bool = False,
     ) -> None:
         super().__init__()
-        _choice("binarize", binarize, BINARIZE_CHOICES)
-        _choice("value_range", value_range, VALUE_RANGES)
-        _choice("source", source, SOURCES)
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        if val_size < 0:
-            raise UserError(f"val_size must be 0 or more, got {val_size}")
+        check_options(type(self).__init__, locals())
+        check_at_least(1, batch_size=batch_size)
+        check_at_least(0, val_size=val_size)
         if source == "test-split" and test_size < 1:
             raise UserError(f"test_size must be at least 1 with source 'test-split', got {test_size}")
         self.save_hyperparameters()
@@ -171,15 +166,6 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
         self.source = source
         self.test_size = test_size
         self.flatten = flatten
-        self.train_data: Tensor | None = None
-        self.val_data: Tensor | None = None
-        self.test_data: Tensor | None = None
-        self.train_labels: Tensor | None = None
-        self.val_labels: Tensor | None = None
-        self.test_labels: Tensor | None = None
-        self.train_indices: Tensor | None = None
-        self.val_indices: Tensor | None = None
-        self.test_indices: Tensor | None = None
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -199,14 +185,10 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
 
     def _find(self, name: str) -> str | None:
         """Path of ``name`` (preferred) or ``name.gz`` in the searched directories, or None."""
-        for directory in self._search_dirs():
-            for candidate in (name, name + ".gz"):
-                path = os.path.join(directory, candidate)
-                if os.path.isfile(path):
-                    return path
-        return None
+        return find_file(self._search_dirs(), (name, name + ".gz"))
 
     def _missing_error(self, missing: list[str]) -> UserError:
+        check_readable("the MNIST directory", *self._search_dirs())  # denied access is not absence
         where = " or ".join(self._search_dirs())
         return UserError(
             f"MNIST data not found: looked in {where} for {', '.join(missing)} (plain or .gz). "
@@ -227,20 +209,13 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
             return
         import torchvision
 
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-        try:
-            torchvision.datasets.MNIST(self.data_dir, train=False, download=True)
-        except Exception as exc:  # URLError, timeouts, torchvision's RuntimeError after all mirrors
-            reason = " ".join(str(exc).split())
-            reason = reason if len(reason) < 300 else reason[:300] + " ..."
-            raise UserError(
-                f"downloading MNIST into {self.raw_dir} failed ({reason}). Without internet, copy "
-                f"{', '.join(f + '.gz' for f in self._needed())} from {MIRRORS[0]} or {MIRRORS[1]} "
-                f"into {self.raw_dir}/ by hand and set download: false"
-            ) from None
-        finally:
-            socket.setdefaulttimeout(previous)
+        download(
+            lambda: torchvision.datasets.MNIST(self.data_dir, train=False, download=True),
+            "MNIST",
+            self.raw_dir,
+            f"Without internet, copy {', '.join(f + '.gz' for f in self._needed())} from {MIRRORS[0]} or "
+            f"{MIRRORS[1]} into {self.raw_dir}/ by hand and set download: false",
+        )
 
     # ----------------------------------------------------------------------------------- loading
     def _load_test_split(self) -> tuple[Tensor, Tensor]:
@@ -334,17 +309,11 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
             x = x.mul_(2.0).sub_(1.0)
         return x.flatten(1) if self.flatten else x
 
-    def _check_sizes(self, n: int, n_train: int, what: str) -> None:
-        if n_train >= self.batch_size:
-            return
+    def _check_sizes(self, n: int, what: str) -> None:
+        held_out = {"val_size": self.val_size}
         if self.source == "test-split":
-            held_out, knobs = f"val_size ({self.val_size}) + test_size ({self.test_size}) leave", "val_size / test_size"
-        else:
-            held_out, knobs = f"val_size ({self.val_size}) leaves", "val_size"
-        raise UserError(
-            f"{held_out} {max(n_train, 0)} of the {n} images of {what} for training, fewer than "
-            f"batch_size ({self.batch_size}); lower {knobs} or batch_size"
-        )
+            held_out["test_size"] = self.test_size
+        check_holdout(n, self.batch_size, f"images of {what}", **held_out)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_data is not None:
@@ -355,7 +324,7 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
         if self.source == "full":
             train_x, train_y, test_x, test_y = self._load_full()
             n = train_x.shape[0]
-            self._check_sizes(n, n - self.val_size, "the training split")
+            self._check_sizes(n, "the training split")
             perm = torch.randperm(n, generator=split)
             val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
             test_idx = torch.arange(test_x.shape[0])
@@ -363,7 +332,7 @@ class MNISTDataModule(LabelledTensorLoaders, L.LightningDataModule):
         else:
             test_x, test_y = self._load_test_split()
             n = test_x.shape[0]
-            self._check_sizes(n, n - self.val_size - self.test_size, "the official test split")
+            self._check_sizes(n, "the official test split")
             perm = torch.randperm(n, generator=split)
             cut = self.val_size + self.test_size
             val_idx, test_idx, train_idx = perm[: self.val_size], perm[self.val_size : cut], perm[cut:]

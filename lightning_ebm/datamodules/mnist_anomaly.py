@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from torch import Tensor
 
-from lightning_ebm.datamodules.mnist import VALUE_RANGES, MNISTDataModule
-from lightning_ebm.datamodules.utils import LabelledTensorLoaders
+from lightning_ebm.datamodules.mnist import MNISTDataModule, Source, ValueRange
+from lightning_ebm.datamodules.utils import InMemoryLoaders, check_at_least, check_options
 from lightning_ebm.errors import UserError
 
 
-class MNISTAnomalyDataModule(LabelledTensorLoaders, L.LightningDataModule):
+class MNISTAnomalyDataModule(InMemoryLoaders, L.LightningDataModule):
     """MNIST with one digit as the anomaly class (see the module docstring), batches ``(x, y)``, ``y = 1`` anomaly.
 
     After :meth:`setup`: ``train_data``, ``val_data``, ``test_data`` (images ``(N, 1, 28, 28)`` in the
@@ -46,33 +47,35 @@ class MNISTAnomalyDataModule(LabelledTensorLoaders, L.LightningDataModule):
         seed: seed of the shuffles (of the validation hold-out, of the normal images, of the batches).
         batch_size: training batch size per process (64 in the MEG code).
         eval_batch_size: batch size of validation and test.
-        download: download MNIST with torchvision if it is missing.
+        download: download MNIST with torchvision if it is missing (see :class:`MNISTDataModule`).
     """
+
+    train_digits: Tensor | None = None
+    val_digits: Tensor | None = None
+    test_digits: Tensor | None = None
 
     def __init__(
         self,
         data_dir: str = "data",
         anomaly_digit: int = 1,
-        source: str = "full",
+        source: Source = "full",
         train_fraction: float = 0.8,
         val_fraction: float = 0.0,
-        value_range: str = "symmetric",
+        value_range: ValueRange = "symmetric",
         seed: int = 0,
         batch_size: int = 64,
         eval_batch_size: int = 1000,
-        download: bool = False,
+        download: bool = True,
     ) -> None:
         super().__init__()
+        check_options(type(self).__init__, locals())
+        check_at_least(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
         if anomaly_digit not in range(10):
             raise UserError(f"anomaly_digit must be one of 0..9, got {anomaly_digit}")
         if not 0.0 < train_fraction < 1.0:
             raise UserError(f"train_fraction must be in (0, 1), got {train_fraction}")
         if not 0.0 <= val_fraction < 1.0:
             raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if value_range not in VALUE_RANGES:
-            raise UserError(f"unknown value_range {value_range!r}; choose one of {', '.join(VALUE_RANGES)}")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise UserError(f"batch_size and eval_batch_size must be at least 1, got {batch_size}, {eval_batch_size}")
         self.save_hyperparameters()
         # MNISTDataModule reads (and checks, and downloads) the files; its own splits are not used.
         self.mnist = MNISTDataModule(data_dir=data_dir, download=download, source=source, val_size=0)
@@ -84,9 +87,6 @@ class MNISTAnomalyDataModule(LabelledTensorLoaders, L.LightningDataModule):
         self.seed = seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        for split in ("train", "val", "test"):
-            for kind in ("data", "labels", "digits", "indices"):
-                setattr(self, f"{split}_{kind}", None)
 
     @property
     def data_shape(self) -> tuple[int, ...]:

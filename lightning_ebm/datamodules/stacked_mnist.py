@@ -31,8 +31,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.mnist import MNISTDataModule
-from lightning_ebm.datamodules.utils import TensorBatches, epoch_of, rank_and_world_size
+from lightning_ebm.datamodules.mnist import MNISTDataModule, Source, ValueRange
+from lightning_ebm.datamodules.utils import InMemoryLoaders, check_at_least, check_options
 from lightning_ebm.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -52,7 +52,7 @@ def mode_digits(ids: Tensor, num_stacks: int) -> Tensor:
     return torch.div(ids.long().unsqueeze(-1), powers, rounding_mode="floor") % 10
 
 
-class StackedMNISTDataModule(L.LightningDataModule):
+class StackedMNISTDataModule(InMemoryLoaders, L.LightningDataModule):
     """Stacks of ``num_stacks`` independent MNIST digits (see the module docstring), batches ``(x, y)``.
 
     After :meth:`setup`: ``digits`` holds every digit image, ``(M, 28, 28)`` in the value range (the
@@ -74,35 +74,34 @@ class StackedMNISTDataModule(L.LightningDataModule):
         value_range: ``symmetric`` for [-1, 1] or ``unit`` for [0, 1].
         val_size: digit images held out for the validation stacks (MNISTDataModule's ``val_size``).
         test_size: digit images of the test part with ``source="test-split"``.
-        download: download MNIST with torchvision if it is missing.
+        download: download MNIST with torchvision if it is missing (see :class:`MNISTDataModule`).
     """
 
     def __init__(
         self,
         data_dir: str = "data",
         num_stacks: int = 3,
-        source: str = "full",
+        source: Source = "full",
         num_train: int | None = None,
         num_val: int = 10_000,
         num_test: int = 10_000,
         seed: int = 0,
         batch_size: int = 64,
         eval_batch_size: int = 1000,
-        value_range: str = "symmetric",
+        value_range: ValueRange = "symmetric",
         val_size: int = 5000,
         test_size: int = 2000,
-        download: bool = False,
+        download: bool = True,
     ) -> None:
         super().__init__()
+        check_options(type(self).__init__, locals())
         if num_stacks < 1:
             raise UserError(f"num_stacks must be at least 1 (3 or 4 in the papers), got {num_stacks}")
         num_train = 128 * 10**num_stacks if num_train is None else num_train
-        if batch_size < 1 or eval_batch_size < 1:
-            raise UserError(f"batch_size and eval_batch_size must be at least 1, got {batch_size}, {eval_batch_size}")
+        check_at_least(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
         if num_train < batch_size:
             raise UserError(f"num_train ({num_train}) is smaller than batch_size ({batch_size})")
-        if num_val < 0 or num_test < 0:
-            raise UserError(f"num_val and num_test must be 0 or more, got {num_val}, {num_test}")
+        check_at_least(0, num_val=num_val, num_test=num_test)
         self.save_hyperparameters()
         # The digit images: MNISTDataModule's loading, splits and errors (its batch size is unused).
         self.mnist = MNISTDataModule(
@@ -197,35 +196,9 @@ class StackedMNISTDataModule(L.LightningDataModule):
         images, labels = self._on_device[key]
         return images[indices], labels[indices]
 
-    def _loader(self, split: str) -> TensorBatches | list:
-        stacks = self.stacks(split)
-        if stacks.shape[0] == 0:
-            return []
-        rank, world = rank_and_world_size(self.trainer)
-        if split == "train":
-            return TensorBatches(
-                stacks, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world,
-                epoch_source=epoch_of(self.trainer),
-            )  # fmt: skip
-        return TensorBatches(
-            stacks,
-            batch_size=min(self.eval_batch_size, stacks.shape[0]),
-            shuffle=False,
-            drop_last=False,
-            rank=rank,
-            world_size=world,
-        )
-
-    def train_dataloader(self) -> TensorBatches | list:
-        return self._loader("train")
-
-    def val_dataloader(self) -> TensorBatches | list:
-        return self._loader("val")
-
-    def test_dataloader(self) -> TensorBatches | list:
-        return self._loader("test")
-
-    predict_dataloader = test_dataloader
+    def split_tensors(self, split: str) -> tuple[Tensor, ...]:
+        """Batches are stack indices, ``(self.stacks(split),)``; composed on their device after transfer."""
+        return (self.stacks(split),)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Turn a batch of stack indices, on its device, into the stacks ``(x, y)``."""

@@ -11,15 +11,18 @@ The Gaussian mixtures expose their mode centres and standard deviation, which
 from __future__ import annotations
 
 import math
+import typing
+from typing import Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_ebm.datamodules.utils import TensorBatches, epoch_of, rank_and_world_size
+from lightning_ebm.datamodules.utils import InMemoryLoaders, check_at_least, check_options, first_non_finite
 from lightning_ebm.errors import UserError
 
-TOY_NAMES = ("swissroll", "8gaussians", "25gaussians", "rings", "checkerboard", "2spirals")
+ToyName = Literal["swissroll", "8gaussians", "25gaussians", "rings", "checkerboard", "2spirals"]
+TOY_NAMES = typing.get_args(ToyName)
 
 
 def mode_centres(name: str) -> tuple[Tensor, float] | None:
@@ -65,7 +68,7 @@ def sample_toy2d(name: str, n: int, generator: torch.Generator | None = None) ->
         sizes = [n // 4] * 3 + [n - 3 * (n // 4)]
         parts = []
         for radius, m in zip((1.0, 0.75, 0.5, 0.25), sizes):
-            angle = torch.arange(m, dtype=torch.float64) * (2 * math.pi / m)
+            angle = torch.arange(m, dtype=torch.float64) * (2 * math.pi / max(m, 1))
             parts.append(radius * torch.stack([torch.cos(angle), torch.sin(angle)], 1))
         x = torch.cat(parts) * 3.0
         x = x[torch.randperm(n, generator=generator)] + 0.08 * randn(n, 2)
@@ -77,19 +80,17 @@ def sample_toy2d(name: str, n: int, generator: torch.Generator | None = None) ->
         x = torch.stack([x1, x2], 1) * 2
     elif name == "2spirals":
         # FFJORD: two interleaved spirals.
-        half = n // 2
+        half = (n + 1) // 2  # an odd n draws one point more and drops the last of the mirrored spiral
         t = torch.sqrt(rand(half, 1)) * 540 * (2 * math.pi) / 360
         d1 = torch.cat([-torch.cos(t) * t + rand(half, 1) * 0.5, torch.sin(t) * t + rand(half, 1) * 0.5], 1)
-        x = torch.cat([d1, -d1]) / 3
-        if n % 2:
-            x = torch.cat([x, x[:1]])
+        x = torch.cat([d1, -d1])[:n] / 3
         x = x + 0.1 * randn(n, 2)
     else:
         raise UserError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_NAMES)}")
     return x.float()
 
 
-class Toy2DDataModule(L.LightningDataModule):
+class Toy2DDataModule(InMemoryLoaders, L.LightningDataModule):
     """2D toy data: a fixed training set and a held-out validation set, drawn from a seed.
 
     Batches are plain ``(batch, 2)`` tensors, or ``(x, y)`` pairs with ``labels``, where ``y`` is the
@@ -109,7 +110,7 @@ class Toy2DDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        name: str = "25gaussians",
+        name: ToyName = "25gaussians",
         num_samples: int = 100_000,
         batch_size: int = 256,
         seed: int = 0,
@@ -117,8 +118,8 @@ class Toy2DDataModule(L.LightningDataModule):
         labels: bool = False,
     ) -> None:
         super().__init__()
-        if name not in TOY_NAMES:
-            raise UserError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_NAMES)}")
+        check_options(type(self).__init__, locals())
+        check_at_least(1, batch_size=batch_size, num_val_samples=num_val_samples)
         if labels and mode_centres(name) is None:
             raise UserError(
                 f"labels: true needs a Gaussian mixture whose components are the classes (8gaussians or "
@@ -133,10 +134,6 @@ class Toy2DDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_val_samples = num_val_samples
         self.labels = labels
-        self.train_data: Tensor | None = None
-        self.val_data: Tensor | None = None
-        self.train_labels: Tensor | None = None
-        self.val_labels: Tensor | None = None
         modes = mode_centres(name)
         #: ``(K, 2)`` mode centres of the Gaussian mixtures (None for the other toys).
         self.centres: Tensor | None = modes[0] if modes else None
@@ -160,37 +157,22 @@ class Toy2DDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_data is None:
             g = torch.Generator().manual_seed(self.seed)
-            self.train_data = sample_toy2d(self.name, self.num_samples, g)
-            self.val_data = sample_toy2d(self.name, self.num_val_samples, g)
+            train = sample_toy2d(self.name, self.num_samples, g)
+            val = sample_toy2d(self.name, self.num_val_samples, g)
+            for split, x in (("training", train), ("validation", val)):
+                bad = first_non_finite(x)
+                if bad is not None:  # a formula gone wrong must not train silently on NaN
+                    raise UserError(
+                        f"toy data set {self.name!r} drew a non-finite point ({x[bad[0]].tolist()}) at index "
+                        f"{bad[0]} of its {split} set (seed {self.seed}); this is a bug of sample_toy2d: report it"
+                    )
+            self.train_data, self.val_data = train, val
             if self.centres is not None:
                 self.train_labels, self.val_labels = self.component(self.train_data), self.component(self.val_data)
 
-    def _tensors(self, x: Tensor | None, y: Tensor | None) -> tuple[Tensor, ...]:
+    def split_tensors(self, split: str) -> tuple[Tensor, ...]:
+        """``(x,)``, or ``(x, y)`` with ``labels``; the test split is the validation set."""
+        split = "val" if split == "test" else split
+        x, y = getattr(self, f"{split}_data"), getattr(self, f"{split}_labels")
         assert x is not None, "call setup() first"
         return (x, y) if self.labels and y is not None else (x,)
-
-    def train_dataloader(self) -> TensorBatches:
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            *self._tensors(self.train_data, self.train_labels),
-            batch_size=self.batch_size,
-            seed=self.seed,
-            rank=rank,
-            world_size=world,
-            epoch_source=epoch_of(self.trainer),
-        )
-
-    def val_dataloader(self) -> TensorBatches:
-        rank, world = rank_and_world_size(self.trainer)
-        assert self.val_data is not None
-        return TensorBatches(
-            *self._tensors(self.val_data, self.val_labels),
-            batch_size=min(self.batch_size * 4, self.num_val_samples),
-            shuffle=False,
-            drop_last=False,
-            rank=rank,
-            world_size=world,
-        )
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader

@@ -1,14 +1,169 @@
-"""Loading helpers shared by the data modules."""
+"""Helpers shared by the data modules: arguments, downloads, reading files, checking data, loaders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import gzip
+import os
+import socket
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_ebm.errors import UserError
+from lightning_ebm.utils import check_choices
 
+#: seconds a download may wait on the network before giving up (urllib has no limit of its own)
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+# ----------------------------------------------------------------------------------------- arguments
+def check_options(init: Callable[..., Any], arguments: Mapping[str, Any]) -> None:
+    """:func:`lightning_ebm.utils.check_choices` for a data module's constructor, as a ``UserError``:
+    every argument annotated ``Literal[...]`` must be one of its values (the command line checks
+    these itself; this is the check for modules built in Python). ``arguments`` may hold more names
+    (the constructor's ``locals()``)."""
+    try:
+        check_choices(init, dict(arguments))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def check_at_least(minimum: int, **values: int) -> None:
+    """``UserError`` naming the first of ``values`` below ``minimum`` (sizes, batch sizes, counts)."""
+    for name, value in values.items():
+        if value < minimum:
+            bound = "0 or more" if minimum == 0 else f"at least {minimum}"
+            raise UserError(f"{name} must be {bound}, got {value}")
+
+
+def check_holdout(n: int, batch_size: int, what: str, **held_out: int) -> None:
+    """``UserError`` when holding out ``held_out`` (e.g. ``val_size=5000``) of ``n`` examples (``what``:
+    ``CIFAR-10 training images``) leaves fewer than ``batch_size`` for training."""
+    n_train = n - sum(held_out.values())
+    if n_train >= batch_size:
+        return
+    sizes = " + ".join(f"{name} ({size})" for name, size in held_out.items())
+    raise UserError(
+        f"{sizes} {'leaves' if len(held_out) == 1 else 'leave'} {max(n_train, 0)} of the {n} {what} for "
+        f"training, fewer than batch_size ({batch_size}); lower {' / '.join(held_out)} or batch_size"
+    )
+
+
+# ----------------------------------------------------------------------------------------- downloads
+def short_reason(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return reason if len(reason) <= limit else reason[:limit] + " ..."
+
+
+def download(
+    fetch: Callable[[], object], what: str, into: str, fix: str, timeout_s: float = DOWNLOAD_TIMEOUT_S
+) -> None:
+    """Run ``fetch()`` (a download) with a socket timeout of ``timeout_s`` seconds, so that an offline
+    machine fails quickly instead of hanging; the previous default timeout is restored afterwards.
+
+    Raises:
+        UserError: ``downloading <what> into <into> failed (<reason>). <fix>`` for any failure
+            (unreachable host, timeout, refused connection, bad checksum, ...); ``fix`` says how to get
+            the files by hand.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        fetch()
+    except Exception as exc:  # URLError, timeouts, torchvision's RuntimeError after all mirrors, checksums
+        raise UserError(f"downloading {what} into {into} failed ({short_reason(exc)}). {fix}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+# ----------------------------------------------------------------------------------------- reading
+def permission_denied(what: str, path: str, blocked: str | None = None) -> UserError:
+    """The error for data this process may not read: ``cannot read <what> <path> (permission denied)``
+    (naming the directory ``blocked`` that bars the way to ``path``, if it is not ``path`` itself)."""
+    where = "" if blocked in (None, path) else f": the directory {blocked} may not be entered"
+    return UserError(
+        f"cannot read {what} {path}{where} (permission denied): fix its permissions (this user must be able "
+        f"to read {blocked or path}) or move the data somewhere readable"
+    )
+
+
+def read_error(what: str, path: str, exc: OSError) -> UserError:
+    """The error for an ``OSError`` met reading ``path``: permission denied as such, else its reason."""
+    if isinstance(exc, PermissionError):
+        return permission_denied(what, path)
+    return UserError(f"cannot read {what} {path}: {exc.strerror or exc}")
+
+
+def first_unreadable(path: str) -> str | None:
+    """The first of ``path``'s directories (from the root down) that this process may not enter, or
+    ``path`` itself if it exists but may not be read (a directory: listed and entered); None when
+    nothing bars reading ``path`` (also when it does not exist)."""
+    target = os.path.abspath(path)
+    for directory in map(str, reversed(Path(target).parents)):
+        if not os.path.isdir(directory):
+            return None
+        if not os.access(directory, os.X_OK):
+            return directory
+    if not os.path.exists(target):
+        return None
+    return None if os.access(target, os.R_OK | (os.X_OK if os.path.isdir(target) else 0)) else target
+
+
+def check_readable(what: str, *paths: str) -> None:
+    """``UserError`` (permission denied) if one of ``paths`` exists but may not be read, or a directory on
+    the way to it may not be entered; to call before reporting files as not found."""
+    for path in paths:
+        blocked = first_unreadable(path)
+        if blocked is not None:
+            raise permission_denied(what, path, blocked)
+
+
+def find_file(directories: Sequence[str], names: Sequence[str]) -> str | None:
+    """The first existing ``<directory>/<name>`` (directories in order, then names), or None."""
+    for directory in directories:
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def read_bytes(path: str, what: str, corrupt: Callable[[str, str], UserError]) -> bytes:
+    """The uncompressed bytes of ``path`` (decompressed in memory if it ends in ``.gz``).
+
+    Raises:
+        UserError: ``corrupt(path, problem)`` for bad gzip data; ``cannot read <what> <path> ...`` when the
+            file cannot be read (permission denied said as such).
+    """
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise corrupt(path, f"bad gzip data: {exc}") from None
+    except OSError as exc:
+        raise read_error(what, path, exc) from None
+
+
+# ----------------------------------------------------------------------------------------- checking data
+def first_non_finite(values: Tensor | np.ndarray) -> tuple[int, ...] | None:
+    """The index of the first NaN or infinite entry of ``values`` (row-major), or None if all are finite."""
+    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), array.shape))
+
+
+# ----------------------------------------------------------------------------------------- loaders
 def rank_and_world_size(trainer: Any) -> tuple[int, int]:
     """``(global rank, world size)`` of a data module's trainer, ``(0, 1)`` without one."""
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -56,6 +211,8 @@ class TensorBatches:
     ) -> None:
         if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
             raise ValueError("TensorBatches needs tensors with the same, non-zero first dimension")
+        if batch_size < 1:
+            raise ValueError(f"TensorBatches needs a batch_size of at least 1, got {batch_size}")
         self.tensors = tensors
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -113,35 +270,57 @@ class TensorBatches:
         self._started = True
 
 
-class LabelledTensorLoaders:
-    """The loaders of a data module that holds its splits in memory as ``<split>_data`` and
-    ``<split>_labels`` tensors (``train``, ``val``, ``test``): shuffled training batches of
-    ``batch_size`` per process, seeded by ``seed``; validation and test batches in order, of
-    ``eval_batch_size`` (default ``4 * batch_size``); an empty split gives no loader (Lightning skips
-    it); ``predict`` runs on the test split. Every loader is sharded by rank. Mixed into a
-    ``LightningDataModule`` before it."""
+class InMemoryLoaders:
+    """The loaders of a data module that holds its splits in memory as tensors, mixed into a
+    ``LightningDataModule`` before it: shuffled training batches of ``batch_size`` per process, seeded
+    by ``seed``; validation and test batches in order, of ``eval_batch_size`` (default
+    ``4 * batch_size``); an empty split gives no loader (Lightning skips it); ``predict`` runs on the
+    test split. Every loader is sharded by rank.
+
+    A batch is sliced from :meth:`split_tensors`, by default ``(<split>_data, <split>_labels)``; the
+    ``<split>_indices`` record, where a module sets them, the examples' positions in their source.
+    """
+
+    train_data: Tensor | None = None
+    val_data: Tensor | None = None
+    test_data: Tensor | None = None
+    train_labels: Tensor | None = None
+    val_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    train_indices: Tensor | None = None
+    val_indices: Tensor | None = None
+    test_indices: Tensor | None = None
+
+    def split_tensors(self, split: str) -> tuple[Tensor, ...]:
+        """The tensors that the batches of ``split`` (``train``, ``val`` or ``test``) are sliced from."""
+        x, y = getattr(self, f"{split}_data"), getattr(self, f"{split}_labels")
+        assert x is not None and y is not None, "call setup() first"
+        return x, y
+
+    def _loader(self, split: str) -> TensorBatches | list:
+        tensors = self.split_tensors(split)
+        rank, world = rank_and_world_size(self.trainer)
+        if split == "train":
+            return TensorBatches(
+                *tensors, batch_size=self.batch_size, seed=self.seed, rank=rank, world_size=world,
+                epoch_source=epoch_of(self.trainer),
+            )  # fmt: skip
+        n = tensors[0].shape[0]
+        if n == 0:
+            return []  # Lightning skips an empty list of loaders
+        batch_size = min(getattr(self, "eval_batch_size", 4 * self.batch_size), n)
+        return TensorBatches(
+            *tensors, batch_size=batch_size, shuffle=False, drop_last=False, rank=rank, world_size=world
+        )
 
     def train_dataloader(self) -> TensorBatches:
-        assert self.train_data is not None and self.train_labels is not None, "call setup() first"
-        rank, world = rank_and_world_size(self.trainer)
-        return TensorBatches(
-            self.train_data, self.train_labels, batch_size=self.batch_size, seed=self.seed, rank=rank,
-            world_size=world, epoch_source=epoch_of(self.trainer),
-        )  # fmt: skip
-
-    def _eval_loader(self, x: Tensor | None, y: Tensor | None) -> TensorBatches | list:
-        assert x is not None and y is not None, "call setup() first"
-        if x.shape[0] == 0:
-            return []  # Lightning skips an empty list of loaders
-        rank, world = rank_and_world_size(self.trainer)
-        batch_size = min(getattr(self, "eval_batch_size", 4 * self.batch_size), x.shape[0])
-        return TensorBatches(x, y, batch_size=batch_size, shuffle=False, drop_last=False, rank=rank, world_size=world)
+        return self._loader("train")
 
     def val_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.val_data, self.val_labels)
+        return self._loader("val")
 
     def test_dataloader(self) -> TensorBatches | list:
-        return self._eval_loader(self.test_data, self.test_labels)
+        return self._loader("test")
 
     def predict_dataloader(self) -> TensorBatches | list:
         return self.test_dataloader()

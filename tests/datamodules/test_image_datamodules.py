@@ -73,7 +73,7 @@ def test_cifar10_flips_training_batches_only(tmp_path: Path) -> None:
 def test_cifar10_missing_files_error_is_quick_and_complete(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(UserError) as info:
-        CIFAR10DataModule(str(tmp_path / "nowhere")).setup()
+        CIFAR10DataModule(str(tmp_path / "nowhere"), download=False).setup()
     message = str(info.value)
     assert time.monotonic() - start < 5 and "\n" not in message
     for words in ("cifar-10-batches-py", "data_batch_1..5", "test_batch", "batches.meta", "download: true"):
@@ -82,7 +82,7 @@ def test_cifar10_missing_files_error_is_quick_and_complete(tmp_path: Path) -> No
     write_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(UserError, match="lacks data_batch_3"):
-        CIFAR10DataModule(str(tmp_path)).setup()
+        CIFAR10DataModule(str(tmp_path), download=False).setup()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "shape", "labels", "code"])
@@ -129,7 +129,7 @@ def test_celeba_official_splits_crop_and_range(tmp_path: Path) -> None:
 def test_celeba_missing_and_damaged_data(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(UserError) as info:
-        CelebADataModule(str(tmp_path)).setup()
+        CelebADataModule(str(tmp_path), download=False).setup()
     message = str(info.value)
     assert time.monotonic() - start < 5 and "\n" not in message
     for words in (str(tmp_path / "celeba"), "img_align_celeba", "list_eval_partition.txt", "download: true"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers.data import SHARED_DATA, kdd_lines, write_kdd
@@ -86,7 +87,7 @@ def test_plain_and_corrected_file_names(tmp_path: Path) -> None:
 def test_missing_data_names_the_directory_the_files_and_the_url(tmp_path: Path) -> None:
     start = time.perf_counter()
     with pytest.raises(UserError) as info:
-        KDD99DataModule(tmp_path / "nowhere").setup()
+        KDD99DataModule(tmp_path / "nowhere", download=False).setup()
     message = str(info.value)
     assert "kddcup.data_10_percent.gz" in message and str(tmp_path / "nowhere") in message
     assert "kdd.ics.uci.edu" in message and "download" in message
@@ -142,3 +143,99 @@ def test_meg_kdd99_reaches_the_published_f1() -> None:
     print(f"KDD99 seed 0: F1 {result['gradient_norm/f1']:.4f}, {result['fit_seconds']:.0f} s of training")
     assert result["gradient_norm/f1"] >= bench.PUBLISHED["f1"]
     assert result["fit_seconds"] < 3600
+
+
+# ------------------------------------------------------------------ nothing silently wrong
+def _write_with(tmp_path: Path, changes: dict[int, str], blank_first: bool = True) -> tuple[Path, list[str]]:
+    """The 300 lines of ``kdd_lines(300)`` with ``changes`` (0-based line index -> new line), after two blank
+    lines when ``blank_first`` (so that a file's line number differs from the connection's index)."""
+    lines = kdd_lines(300)
+    for index, line in changes.items():
+        lines[index] = line
+    return write_kdd(tmp_path, ([""] * 2 if blank_first else []) + lines), lines
+
+
+def _with_field(line: str, position: int, value: str) -> str:
+    fields = line.split(",")
+    fields[position] = value
+    return ",".join(fields)
+
+
+@pytest.mark.parametrize(("value", "shown"), [("nan", "nan"), ("inf", "inf"), ("-inf", "-inf"), ("1e400", "inf")])
+def test_a_non_finite_value_is_refused_with_file_line_and_field(tmp_path: Path, value: str, shown: str) -> None:
+    lines = kdd_lines(300)
+    path, _ = _write_with(tmp_path, {41: _with_field(lines[41], 4, value)})  # src_bytes of connection 41
+    with pytest.raises(UserError) as info:
+        KDD99DataModule(tmp_path, batch_size=8).setup()
+    message = str(info.value)
+    assert message.startswith(f"KDD99 file {path}, line 44: field 5 (src_bytes) is {shown}, not a finite number")
+    assert "fix or delete that line" in message and "\n" not in message
+
+
+def test_a_non_finite_rate_in_the_last_connection_is_found(tmp_path: Path) -> None:
+    lines = kdd_lines(300)
+    path, _ = _write_with(tmp_path, {299: _with_field(lines[299], 40, "NaN")}, blank_first=False)
+    with pytest.raises(UserError, match=r", line 300: field 41 \(dst_host_srv_rerror_rate\) is nan"):
+        KDD99DataModule(tmp_path, batch_size=8).setup()
+
+
+def test_a_value_that_overflows_float32_is_refused_after_preprocessing(tmp_path: Path) -> None:
+    """1e39 is a finite float64 but infinite in float32: with the raw columns (scaling none) the features
+    would hold inf; the error names the line and says what became of the value."""
+    lines = kdd_lines(300)
+    path, _ = _write_with(tmp_path, {7: _with_field(lines[7], 0, "1e39")})
+    with pytest.raises(UserError) as info:
+        KDD99DataModule(tmp_path, batch_size=8, scaling="none").setup()
+    message = str(info.value)
+    assert f"KDD99 file {path}, line 10: field 1 (duration) is 1e+39, which becomes inf in float32" in message
+    dm = KDD99DataModule(tmp_path, batch_size=8)  # min-max scaled, the same value is in range
+    dm.setup()
+    assert bool(torch.isfinite(dm.train_data).all() and torch.isfinite(dm.test_data).all())
+
+
+def test_a_non_numeric_value_names_the_line_and_field(tmp_path: Path) -> None:
+    lines = kdd_lines(300)
+    path, _ = _write_with(tmp_path, {10: _with_field(lines[10], 22, "many")})
+    with pytest.raises(UserError, match="corrupt or truncated") as info:
+        KDD99DataModule(tmp_path, batch_size=8).setup()
+    assert f"KDD99 file {path}, line 13: field 23 (count) is 'many', not a number" in str(info.value)
+
+
+def test_a_cut_line_names_the_line(tmp_path: Path) -> None:
+    path, _ = _write_with(tmp_path, {10: "0,tcp,http,SF,12"})
+    with pytest.raises(UserError, match="corrupt or truncated") as info:
+        KDD99DataModule(tmp_path, batch_size=8).setup()
+    assert f"KDD99 file {path}, line 13: 5 fields, expected 42" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("label", "words"),
+    [("normal", "label 'normal' is not one of KDD99's (missing its trailing dot: normal.)"),
+     ("smurf", "label 'smurf' is not one of KDD99's (missing its trailing dot: smurf.)"),
+     ("attack.", "label 'attack.' is not one of KDD99's; expected 'normal.' or an attack name"),
+     ("Normal.", "label 'Normal.' is not one of KDD99's; expected")],
+)  # fmt: skip
+def test_a_label_outside_the_protocol_is_refused(tmp_path: Path, label: str, words: str) -> None:
+    """Without the check, ``normal`` (no dot) would count as an attack: no anomaly in the test half and an
+    F1 of 0, silently."""
+    lines = kdd_lines(300)
+    path, _ = _write_with(tmp_path, {120: _with_field(lines[120], 41, label)})
+    with pytest.raises(UserError) as info:
+        KDD99DataModule(tmp_path, batch_size=8).setup()
+    message = str(info.value)
+    assert message.startswith(f"KDD99 file {path}, line 123: {words}") and "trailing dot" in message
+
+
+def test_feature_names_and_line_numbers(small_kdd: Path) -> None:
+    dm = KDD99DataModule(small_kdd, batch_size=32, seed=1)
+    dm.setup()
+    assert len(dm.feature_names) == dm.num_features and dm.feature_names[:2] == ["duration", "src_bytes"]
+    assert "protocol_type_icmp" in dm.feature_names and "flag_SF" in dm.feature_names
+    lines = torch.from_numpy(np.concatenate([dm.train_lines, dm.val_lines, dm.test_lines]))
+    assert len(set(lines.tolist())) == lines.numel() and 1 <= int(lines.min()) and int(lines.max()) <= 1000
+    # a test row is the connection of its line: its label and one-hot protocol agree with the file
+    raw = kdd_lines(1000)
+    for row in (0, 17, 250):
+        fields = raw[int(dm.test_lines[row]) - 1].split(",")
+        assert int(dm.test_labels[row]) == (fields[-1] == "normal.")
+        assert dm.test_data[row, dm.feature_names.index(f"protocol_type_{fields[1]}")] == 1.0

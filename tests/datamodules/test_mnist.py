@@ -136,7 +136,7 @@ def test_training_batches_are_sharded_by_rank(real_dir: Path) -> None:
 @pytest.mark.parametrize("source", ["test-split", "full"])
 def test_missing_files_name_the_directory_and_files(tmp_path: Path, source: str) -> None:
     with pytest.raises(UserError) as info:
-        MNISTDataModule(data_dir=str(tmp_path), source=source).setup()
+        MNISTDataModule(data_dir=str(tmp_path), source=source, download=False).setup()
     message = str(info.value)
     assert str(tmp_path / "MNIST" / "raw") in message and "t10k-images-idx3-ubyte" in message
     assert "download: true" in message and "yann.lecun.com" in message and "\n" not in message
@@ -180,9 +180,9 @@ def test_damaged_files_are_reported(tmp_path: Path, damage: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"binarize": "foo"}, "none, static, dynamic"),
-        ({"value_range": "01"}, "unit, symmetric"),
-        ({"source": "test"}, "full, test-split"),
+        ({"binarize": "foo"}, "binarize must be one of 'none', 'static', 'dynamic'; got 'foo'"),
+        ({"value_range": "01"}, "value_range must be one of 'unit', 'symmetric'"),
+        ({"source": "test"}, "source must be one of 'full', 'test-split'"),
         ({"batch_size": 0}, "batch_size"),
         ({"val_size": -1}, "val_size"),
         ({"source": "test-split", "test_size": 0}, "test_size"),

@@ -75,7 +75,7 @@ def test_fake_full_source_pools_training_and_test_files(tmp_path: Path) -> None:
 def test_missing_data_is_a_fast_clear_error(tmp_path: Path) -> None:
     start = time.perf_counter()
     with pytest.raises(UserError) as info:
-        MNISTAnomalyDataModule(str(tmp_path)).setup()
+        MNISTAnomalyDataModule(str(tmp_path), download=False).setup()
     assert time.perf_counter() - start < 3.0
     message = str(info.value)
     assert str(tmp_path / "MNIST" / "raw") in message and "train-images-idx3-ubyte" in message
@@ -94,8 +94,8 @@ def test_corrupt_file_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [({"anomaly_digit": 10}, "anomaly_digit"), ({"train_fraction": 1.0}, "train_fraction"),
-     ({"val_fraction": 1.0}, "val_fraction"), ({"value_range": "01"}, "unit, symmetric"),
-     ({"batch_size": 0}, "batch_size"), ({"source": "x"}, "full, test-split")],
+     ({"val_fraction": 1.0}, "val_fraction"), ({"value_range": "01"}, "value_range must be one of 'unit', 'symmetric'"),
+     ({"batch_size": 0}, "batch_size"), ({"source": "x"}, "source must be one of 'full', 'test-split'")],
 )  # fmt: skip
 def test_bad_arguments(kwargs: dict, words: str) -> None:
     with pytest.raises(UserError, match=words):

@@ -131,7 +131,7 @@ def test_fake_files_full_source(tmp_path: Path) -> None:
 def test_missing_data_is_a_fast_clear_error(tmp_path: Path) -> None:
     start = time.perf_counter()
     with pytest.raises(UserError) as info:
-        StackedMNISTDataModule(str(tmp_path), source="test-split").setup()
+        StackedMNISTDataModule(str(tmp_path), source="test-split", download=False).setup()
     assert time.perf_counter() - start < 3.0
     message = str(info.value)
     assert str(tmp_path / "MNIST" / "raw") in message and "t10k-images-idx3-ubyte" in message
@@ -150,7 +150,8 @@ def test_corrupt_file_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [({"num_stacks": 0}, "num_stacks"), ({"batch_size": 0}, "batch_size"), ({"num_train": 10}, "num_train"),
-     ({"num_val": -1}, "num_val"), ({"value_range": "01"}, "unit, symmetric"), ({"source": "x"}, "full, test-split")],
+     ({"num_val": -1}, "num_val"), ({"value_range": "01"}, "value_range must be one of 'unit', 'symmetric'"),
+     ({"source": "x"}, "source must be one of 'full', 'test-split'")],
 )  # fmt: skip
 def test_bad_arguments(kwargs: dict, words: str) -> None:
     with pytest.raises(UserError, match=words):

@@ -80,7 +80,7 @@ def test_2spirals_range() -> None:
 
 
 def test_unknown_name_is_a_clear_error() -> None:
-    with pytest.raises(UserError, match="choose one of swissroll, 8gaussians"):
+    with pytest.raises(UserError, match="name must be one of 'swissroll', '8gaussians'"):
         Toy2DDataModule(name="25gaussian")
 
 
@@ -158,3 +158,44 @@ def test_a_run_resumed_from_an_end_of_epoch_checkpoint_sees_the_next_epochs_batc
     for a, b in zip(resumed.seen[2], full.seen[2], strict=True):
         torch.testing.assert_close(a, b)
     assert not torch.equal(full.seen[2][0], full.seen[0][0])
+
+
+@pytest.mark.parametrize("name", TOY_NAMES)
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_tiny_sets_are_drawn_whole_and_finite(name: str, n: int) -> None:
+    """Even a validation set of a few points (rings used to divide by its empty quarters' size)."""
+    x = draw(name, n)
+    assert x.shape == (n, 2) and bool(torch.isfinite(x).all())
+    dm = Toy2DDataModule(name=name, num_samples=8, batch_size=4, num_val_samples=n)
+    dm.setup()
+    assert sum(b.shape[0] for b in dm.val_dataloader()) == n
+
+
+def test_a_non_finite_point_stops_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data never holds NaN: were a formula to produce one, setup names the set, the index and the fix."""
+    import lightning_ebm.datamodules.toy2d as toy2d
+
+    real = toy2d.sample_toy2d
+
+    def broken(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = real(name, n, generator)
+        if n == 500:  # the training set
+            x[137, 1] = float("nan")
+        return x
+
+    monkeypatch.setattr(toy2d, "sample_toy2d", broken)
+    dm = Toy2DDataModule(name="rings", num_samples=500, batch_size=50, num_val_samples=100)
+    with pytest.raises(UserError, match=r"'rings' drew a non-finite point \(\[.*, nan\]\) at index 137 of its train"):
+        dm.setup()
+    assert dm.train_data is None  # nothing half set up
+
+
+def test_batches_with_labels_and_the_test_split() -> None:
+    dm = Toy2DDataModule(name="25gaussians", num_samples=500, batch_size=50, num_val_samples=120, labels=True)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (50, 2) and torch.equal(y, dm.component(x))
+    test = list(dm.test_dataloader())
+    assert torch.equal(torch.cat([b[0] for b in test]), dm.val_data)  # the test split is the validation set
+    assert torch.equal(torch.cat([b[1] for b in test]), dm.val_labels)
+    assert [b[0].shape[0] for b in test] == [120]  # one batch of min(4 * batch_size, 120)

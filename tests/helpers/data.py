@@ -144,3 +144,54 @@ def write_lsun_lmdb(path: Path, n: int, fmt: str = "WEBP") -> None:
             width, height = (90 + 3 * i, 64 + 2 * i) if i % 2 else (64 + i, 100)
             txn.put(f"{i:040x}".encode(), jpeg_bytes(rng, width, height, fmt))
     env.close()
+
+
+# ------------------------------------------------------------------ unreadable data
+def deny_reading(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
+    """Make ``denied`` paths behave as after ``chmod 000`` for a user other than root (the tests run as
+    root, whom chmod does not stop): ``os.access`` says no, opening, listing or scanning them (or anything
+    under them) raises ``PermissionError``, and what lies under a denied folder cannot be seen
+    (``os.path.isfile`` and friends say False, as ``stat`` fails there)."""
+    import builtins
+    import errno
+
+    roots = [os.path.abspath(p) for p in denied]
+
+    def at_or_under(path: object) -> bool:
+        if isinstance(path, int):  # a file descriptor
+            return False
+        p = os.path.abspath(os.fsdecode(path))
+        return any(p == r or p.startswith(r + os.sep) for r in roots)
+
+    def strictly_under(path: object) -> bool:
+        p = os.path.abspath(os.fsdecode(path))
+        return any(p.startswith(r + os.sep) for r in roots)
+
+    def refuse(path: object) -> PermissionError:
+        return PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    def guarded(real):  # noqa: ANN001, ANN202
+        def wrapper(path=".", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if at_or_under(path):
+                raise refuse(path)
+            return real(path, *args, **kwargs)
+
+        return wrapper
+
+    def hidden(real):  # noqa: ANN001, ANN202
+        def wrapper(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            return False if not isinstance(path, int) and strictly_under(path) else real(path, *args, **kwargs)
+
+        return wrapper
+
+    def access(path, mode, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return False if at_or_under(path) else real_access(path, mode, *args, **kwargs)
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(builtins, "open", guarded(builtins.open))
+    monkeypatch.setattr(io, "open", guarded(io.open))
+    monkeypatch.setattr(os, "listdir", guarded(os.listdir))
+    monkeypatch.setattr(os, "scandir", guarded(os.scandir))
+    for name in ("isfile", "isdir", "exists"):
+        monkeypatch.setattr(os.path, name, hidden(getattr(os.path, name)))
