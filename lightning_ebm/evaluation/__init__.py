@@ -16,7 +16,6 @@ from lightning_ebm.evaluation.landscape import (
     spurious_minima,
 )
 from lightning_ebm.evaluation.likelihood import (
-    base_rate_bias,
     estimate_log_partition,
     exact_log_likelihood,
     exact_log_partition,
@@ -36,7 +35,6 @@ __all__ = [
     "anomaly_scores",
     "threshold_free_metrics",
     "top_fraction_metrics",
-    "base_rate_bias",
     "density_grid",
     "mass_near_modes",
     "mode_sharpness",

@@ -6,6 +6,7 @@ from lightning_ebm.models.classifier import Classifier
 from lightning_ebm.models.dbm import DBM
 from lightning_ebm.models.dbn import DBN
 from lightning_ebm.models.dem import DEM
+from lightning_ebm.models.generator_ebm import GeneratorEBM
 from lightning_ebm.models.jem import JEM
 from lightning_ebm.models.meg import MEG
 from lightning_ebm.models.rbm import RBM
@@ -20,6 +21,7 @@ __all__ = [
     "RBM",
     "MEG",
     "EnergyBasedModel",
+    "GeneratorEBM",
     "GreedyRBMStack",
     "NetworkModule",
 ]

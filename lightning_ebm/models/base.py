@@ -20,10 +20,13 @@ from torch import Tensor, nn
 
 from lightning_ebm.errors import UserError
 from lightning_ebm.nn.base import module_spec
-from lightning_ebm.optim import LinearDecay
+from lightning_ebm.optim import Schedule, build_optimizer, build_schedule, check_factories, to_spec
 from lightning_ebm.rng import rng_states, seed_for_rank, set_rng_states
+from lightning_ebm.utils import check_choices
 
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+#: The layout of the checkpoints this version writes (state-dict names, hyper-parameters); 1 was lightning-ebm 0.1.
+CHECKPOINT_FORMAT = 2
 
 
 class NetworkModule(L.LightningModule):
@@ -37,17 +40,22 @@ class NetworkModule(L.LightningModule):
     """
 
     def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
-        """Lightning's ``save_hyperparameters``, plus specs of the injected networks.
+        """Lightning's ``save_hyperparameters``, plus specs of the injected networks and optimisers,
+        and a check of the ``Literal`` choices of the constructor.
 
         Networks passed as constructor arguments are stored as ``{"class_path", "init_args"}``
-        specs (:class:`lightning_ebm.nn.Network` records them) so that ``load_from_checkpoint(path)``
-        can rebuild them; a model built by the command line already has them from its config.
+        specs (:class:`lightning_ebm.nn.Network` records them), optimiser and schedule callables
+        likewise (:func:`lightning_ebm.optim.to_spec`), so that ``load_from_checkpoint(path)`` can
+        rebuild them; a model built by the command line already has them from its config.
         """
         frame = frame if frame is not None else inspect.currentframe().f_back  # type: ignore[union-attr]
         with warnings.catch_warnings():  # networks are stored as specs below, not pickled
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
         hparams = self._hparams
+        arguments = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        check_choices(type(self).__init__, arguments)
+        check_factories(type(self).__init__, arguments)
         if "_instantiator" in hparams:
             return
         rebuilt = False
@@ -64,10 +72,47 @@ class NetworkModule(L.LightningModule):
                 else:
                     hparams[key] = spec
                     rebuilt = True
+            elif callable(value):  # an optimiser or schedule
+                hparams[key] = to_spec(value)
         if rebuilt:
             hparams["_instantiator"] = _INSTANTIATOR
         self._set_hparams(hparams)
         self._hparams_initial = type(hparams)(dict(hparams))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lightning_ebm_format"] = CHECKPOINT_FORMAT
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_format(checkpoint)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; a checkpoint of an older lightning-ebm that this version
+        cannot rebuild gives an error naming the version instead of a deep traceback."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised unless the checkpoint's format explains it
+            try:
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                raise exc from None
+            check_checkpoint_format(checkpoint, checkpoint_path)
+            raise
+
+
+def check_checkpoint_format(checkpoint: dict[str, Any], path: Any = None) -> None:
+    """Refuse a checkpoint written in another layout than this version's (:data:`CHECKPOINT_FORMAT`)."""
+    found = checkpoint.get("lightning_ebm_format", 1)
+    if found == CHECKPOINT_FORMAT:
+        return
+    where = f"{path} was" if path is not None else "this checkpoint was"
+    raise UserError(
+        f"{where} written by lightning-ebm {'0.1' if found == 1 else f'format {found}'} (checkpoint format "
+        f"{found}); this version reads format {CHECKPOINT_FORMAT}: retrain with this version, or evaluate it with "
+        "lightning-ebm 0.1"
+    )
 
 
 class EnergyBasedModel(NetworkModule, ABC):
@@ -157,14 +202,36 @@ class EnergyBasedModel(NetworkModule, ABC):
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name in prog_bar)
 
-    # ------------------------------------------------------------------ learning-rate decay
+    # ------------------------------------------------------------------ optimisers and schedules
     optimizer_steps_per_batch: float = 1.0  # optimiser steps a batch makes on average (max_steps counts them)
 
     @staticmethod
-    def check_lr_decay(lr_decay: str, start: float) -> None:
-        """Validate the ``lr_decay`` / ``lr_decay_start`` options of a method."""
-        if lr_decay not in ("none", "linear") or not 0 <= start < 1:
-            raise ValueError(f"lr_decay is 'none' or 'linear', 0 <= lr_decay_start < 1; got {lr_decay!r}, {start}")
+    def build_optimizer(factory: Any, params: Any) -> torch.optim.Optimizer:
+        """A player's optimiser from its injected callable or spec (:mod:`lightning_ebm.optim`)."""
+        return build_optimizer(factory, params)
+
+    @staticmethod
+    def with_schedules(players: Sequence[tuple[torch.optim.Optimizer, Any]]) -> tuple[list, list]:
+        """``configure_optimizers``'s answer for ``(optimizer, schedule)`` pairs, one per player: each
+        optimiser with its own copy of its injected schedule (None: a constant :class:`Schedule`, so that
+        scheduler ``i`` is optimiser ``i``'s). Lightning keeps the schedules' states in checkpoints; the
+        method steps them itself (manual optimisation) with :meth:`step_schedules`."""
+        optimizers = [optimizer for optimizer, _ in players]
+        schedulers = [build_schedule(Schedule if s is None else s, optimizer) for optimizer, s in players]
+        return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]
+
+    def schedulers(self) -> list:
+        """The schedulers of :meth:`configure_optimizers`, in its order (``[]`` for none)."""
+        schedulers = self.lr_schedulers()
+        return schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
+
+    def step_schedules(self, indices: Sequence[int] | None = None) -> None:
+        """One step of the schedules of the players updated in this batch (all by default)."""
+        schedulers = self.schedulers()
+        with warnings.catch_warnings():  # a schedule steps per batch, also when its player did not update
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            for i in range(len(schedulers)) if indices is None else indices:
+                schedulers[i].step()
 
     def training_batches(self) -> int:
         """Batches of the whole run: ``max_epochs`` x batches, or ``max_steps`` (which counts optimiser
@@ -175,36 +242,25 @@ class EnergyBasedModel(NetworkModule, ABC):
             batches = math.ceil(trainer.max_steps / self.optimizer_steps_per_batch)
         return max(1, int(batches))
 
-    def linear_lr_decay(self, optimizers: list[torch.optim.Optimizer], start: float) -> tuple[list, list]:
-        """``configure_optimizers``'s answer with a :class:`~lightning_ebm.optim.LinearDecay` (constant
-        for the first ``start`` of the run, then down to 0) for every optimiser; the method steps them
-        once per batch with :meth:`step_lr_schedulers` (manual optimisation)."""
-        decay = LinearDecay(self.training_batches(), start)
-        scheduler = torch.optim.lr_scheduler.LambdaLR
-        return optimizers, [{"scheduler": scheduler(opt, decay), "interval": "step"} for opt in optimizers]
-
-    def step_lr_schedulers(self) -> None:
-        """One step of every learning-rate scheduler when the method's ``lr_decay`` is on (call once per
-        batch)."""
-        if self.hparams.get("lr_decay", "none") == "none":
-            return
-        for scheduler in self._scheduler_list():
-            scheduler.step()
-
-    def _scheduler_list(self) -> list:
-        """``lr_schedulers()`` as a list (Lightning gives ``None``, one scheduler or a list)."""
-        schedulers = self.lr_schedulers()
-        return schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
+    def schedule_phase(self, index: int) -> tuple[int, int]:
+        """``(steps, first epoch)`` of the phase in which scheduler ``index`` runs: the whole run by
+        default; a greedy layer's epochs for the layers of a stack."""
+        return self.training_batches(), 0
 
     def on_train_start(self) -> None:
-        """The run's own length sets the clock of every :class:`~lightning_ebm.optim.LinearDecay`, also
+        """The run's own length sets the clock of every :class:`~lightning_ebm.optim.Schedule`, also
         when it resumes a checkpoint written by a run of another length; the current rates follow."""
-        for scheduler in self._scheduler_list():
-            decay = getattr(scheduler, "lr_lambdas", [None])[0]
-            if isinstance(decay, LinearDecay):
-                decay.total_steps = self.training_batches()
-                for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-                    group["lr"] = base * decay(scheduler.last_epoch)
+        for i, scheduler in enumerate(self.schedulers()):
+            if isinstance(scheduler, Schedule):
+                steps, first = self.schedule_phase(i)
+                scheduler.set_phase(steps)
+                scheduler.set_epoch(self.current_epoch - first)
+
+    def on_train_epoch_start(self) -> None:
+        """Each :class:`~lightning_ebm.optim.Schedule` learns the epoch (step decay, momentum)."""
+        for i, scheduler in enumerate(self.schedulers()):
+            if isinstance(scheduler, Schedule):
+                scheduler.set_epoch(self.current_epoch - self.schedule_phase(i)[1])
 
     def on_fit_start(self) -> None:
         """Under DDP, give each process its own random stream (a resumed run restores its own instead)."""
@@ -228,6 +284,7 @@ class EnergyBasedModel(NetworkModule, ABC):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the random number generators' states and the per-process state of every process, so
         that a resumed run continues the same run (every process calls this hook; rank 0 writes)."""
+        super().on_save_checkpoint(checkpoint)
         distributed = self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized()
         states = rng_states()
         checkpoint["rng_states"] = states
@@ -242,6 +299,7 @@ class EnergyBasedModel(NetworkModule, ABC):
             checkpoint["per_rank_state"] = per_rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         per_rank = checkpoint.get("rng_states_per_rank")
         rank, world = self._rank_and_world()
         if per_rank is not None and world == len(per_rank):
@@ -289,19 +347,35 @@ class EnergyBasedModel(NetworkModule, ABC):
             mine[name] = value[rank].to(self.device).clone()
         self.load_per_rank_state(mine)
 
+    # ------------------------------------------------------------------ evaluation: validate, test, predict
+    #: Evaluation metrics shown in the progress bar.
+    progress_bar_metrics: tuple[str, ...] = ()
+
     @torch.no_grad()
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Mean energy of held-out data (``val/energy_data``) and of as many samples (``val/energy_samples``);
-        for methods whose sampler runs Metropolis-adjusted chains (they set ``last_acceptance_rate``
-        in ``sample``), the chains' acceptance rate (``val/mcmc_acceptance_rate``)."""
+    def evaluation_metrics(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """The metrics of one held-out batch, the same in ``validate`` (logged as ``val/<name>``) and
+        ``test`` (``test/<name>``): by default the mean energy of the data (``energy_data``) and of as
+        many samples (``energy_samples``), and for methods whose sampler runs Metropolis-adjusted chains
+        (they set ``last_acceptance_rate`` in ``sample``) the acceptance rate (``mcmc_acceptance_rate``)."""
         x = self.batch_data(batch)
         self.last_acceptance_rate = None
-        self.log("val/energy_data", self.energy(x).mean(), sync_dist=True)
-        self.log("val/energy_samples", self.energy(self.sample(x.shape[0])).mean(), sync_dist=True)
+        metrics = {"energy_data": self.energy(x).mean(), "energy_samples": self.energy(self.sample(x.shape[0])).mean()}
         if self.last_acceptance_rate is not None:
-            self.log("val/mcmc_acceptance_rate", self.last_acceptance_rate, sync_dist=True)
+            metrics["mcmc_acceptance_rate"] = self.last_acceptance_rate
+        return metrics
 
-    test_step = validation_step
+    def log_evaluation(self, stage: str, batch: Any, batch_idx: int) -> None:
+        """Log :meth:`evaluation_metrics` under ``stage/`` (averaged over batches and processes)."""
+        size = self.batch_data(batch).shape[0]
+        for name, value in self.evaluation_metrics(batch, batch_idx).items():
+            prog_bar = name in self.progress_bar_metrics
+            self.log(f"{stage}/{name}", value, sync_dist=True, batch_size=size, prog_bar=prog_bar)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log_evaluation("val", batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.log_evaluation("test", batch, batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """The energy of each example of the batch."""

@@ -6,7 +6,7 @@ classifier with the same conventions as the methods (networks injected as constr
 ``save_hyperparameters``, checkpoints loadable by path alone, the command line with a shipped config:
 ``python -m lightning_ebm fit --config mnist_classifier.yaml``), but it is not an energy-based model.
 
-Training minimises the cross-entropy of the logits with Adam or SGD (with momentum), optionally on
+Training minimises the cross-entropy of the logits with the injected optimiser (Adam by default), optionally on
 images translated at random by up to ``augment_shift`` pixels (one vectorised resampling per batch,
 on the batch's device; the background is filled with the lowest pixel value).
 """
@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from lightning_ebm.errors import UserError
 from lightning_ebm.models.base import NetworkModule
+from lightning_ebm.optim import OptimizerCallable, build_optimizer, spec
+from lightning_ebm.utils import eval_mode
 
-OPTIMIZERS = ("adam", "sgd")
+ADAM = spec("torch.optim.Adam", lr=1e-3)
 _NAMED_RANGES = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
 
 
@@ -33,10 +35,7 @@ class Classifier(NetworkModule):
 
     Args:
         net: the network, e.g. :class:`lightning_ebm.nn.ConvClassifier`.
-        lr: learning rate.
-        optimizer: ``adam`` or ``sgd`` (with ``momentum``).
-        momentum: SGD's momentum.
-        weight_decay: L2 weight decay.
+        optimizer: the optimiser (Adam at 1e-3 by default).
         augment_shift: translate training images by up to this many pixels in each direction (0: off).
         input_range: the pixel range of the training images, ``[low, high]`` (``[-1, 1]`` or ``[0, 1]``);
             :meth:`classify` maps images of another range into it. A data module whose ``value_range``
@@ -46,16 +45,11 @@ class Classifier(NetworkModule):
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 1e-3,
-        optimizer: str = "adam",
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerCallable = ADAM,
         augment_shift: int = 0,
         input_range: Sequence[float] = (-1.0, 1.0),
     ) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if len(input_range) != 2 or not input_range[0] < input_range[1]:
             raise UserError(f"input_range must be [low, high] with low < high, got {list(input_range)}")
         if augment_shift < 0:
@@ -74,12 +68,8 @@ class Classifier(NetworkModule):
         if value_range is not None and tuple(value_range) != self.input_range:
             (low, high), (a, b) = value_range, self.input_range
             x = (x - low) * ((b - a) / (high - low)) + a
-        training = self.net.training
-        self.net.eval()
-        try:
+        with eval_mode(self.net):
             return self.net(x).argmax(1)
-        finally:
-            self.net.train(training)
 
     # ------------------------------------------------------------------ training
     def augment(self, x: Tensor) -> Tensor:
@@ -122,10 +112,7 @@ class Classifier(NetworkModule):
         return self(batch[0] if isinstance(batch, (list, tuple)) else batch).argmax(1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return build_optimizer(self.hparams.optimizer, self.parameters())
 
     def setup(self, stage: str) -> None:
         """A data module whose pixel range is not ``input_range`` is a config mistake: say so now."""

@@ -14,26 +14,32 @@ Each batch makes two updates (the order of the authors' code: generator first):
   the entropy H approximated from the generator's batch-norm scales, sum_a 1/2 log(2 pi e gamma_a^2);
 * energy (Eq. 12): the maximum-likelihood gradient with the generator's samples in the negative
   phase, i.e. minimise mean E(x_data) - mean E(G(z)).
+
+The alternating updates, the energy's loss and sampling are the two-player scheme shared with MEG
+(:class:`~lightning_ebm.models.generator_ebm.GeneratorEBM`); this file adds the energy of Eq. 11, the
+uniform prior and the entropy of Eq. 15.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_ebm.models.base import EnergyBasedModel
-from lightning_ebm.models.objectives import score_penalty
+from lightning_ebm.models.generator_ebm import GeneratorEBM
 from lightning_ebm.nn.energy import ProductOfExpertsEnergy
 from lightning_ebm.nn.entropy import batchnorm_entropy
-from lightning_ebm.samplers.langevin import latent_mala
+from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
+from lightning_ebm.utils import eval_mode
 
-_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+#: The authors' optimiser: AdaGrad at 0.01 for both players, weight decay 1e-5 on the energy.
+ENERGY_ADAGRAD = spec("torch.optim.Adagrad", lr=1e-2, weight_decay=1e-5)
+GENERATOR_ADAGRAD = spec("torch.optim.Adagrad", lr=1e-2)
 
 
-class DEM(EnergyBasedModel):
+class DEM(GeneratorEBM):
     """Kim & Bengio (2016) deep energy model + deep generative model.
 
     Args:
@@ -45,12 +51,10 @@ class DEM(EnergyBasedModel):
         num_experts: experts of the product-of-experts energy (Eq. 11).
         sigma: the ``sigma`` of the quadratic term; ``learn_sigma`` learns it.
         latent_distribution: ``uniform`` (U(-1, 1), the paper) or ``normal``.
-        optimizer: ``adagrad`` (the paper) or ``adam`` (betas 0.5, 0.999).
-        energy_lr: learning rate of the energy; ``generator_lr`` of the generator.
-        lr_decay: ``none`` (the paper) or ``linear``: both learning rates stay constant, then fall
-            linearly to 0 over the last ``1 - lr_decay_start`` of the run (as in :class:`MEG`).
-        lr_decay_start: fraction of the run's batches after which the linear decay begins.
-        energy_weight_decay: L2 penalty on the energy's parameters (authors' code: 1e-5).
+        energy_optimizer: the energy's optimiser (the authors': AdaGrad, 0.01, weight decay 1e-5);
+            ``generator_optimizer`` the generator's (AdaGrad, 0.01).
+        lr_schedule: the schedule of both (None: constant rates, the paper; e.g.
+            ``lightning_ebm.optim.Schedule`` with ``linear_decay_start``).
         entropy_weight: weight of the entropy term of the generator loss (1 is the KL of Eq. 13).
         entropy_reduction: ``sum`` over batch-norm units (Eq. 15) or ``mean`` (authors' code).
         sample_noise_std: std of Gaussian noise added to generated samples before the energy in the
@@ -67,8 +71,6 @@ class DEM(EnergyBasedModel):
             whose basins are 30-80 times as sharp as the modes, :func:`~lightning_ebm.evaluation.mode_sharpness`).
     """
 
-    ddp_find_unused_parameters = True  # the generator's backward pass does not reach the energy
-
     def __init__(
         self,
         feature_net: nn.Module,
@@ -78,15 +80,12 @@ class DEM(EnergyBasedModel):
         num_experts: int = 4,
         sigma: float = 1.0,
         learn_sigma: bool = False,
-        latent_distribution: str = "uniform",
-        optimizer: str = "adagrad",
-        energy_lr: float = 1e-2,
-        generator_lr: float = 1e-2,
-        lr_decay: str = "none",
-        lr_decay_start: float = 0.0,
-        energy_weight_decay: float = 1e-5,
+        latent_distribution: Literal["uniform", "normal"] = "uniform",
+        energy_optimizer: OptimizerCallable = ENERGY_ADAGRAD,
+        generator_optimizer: OptimizerCallable = GENERATOR_ADAGRAD,
+        lr_schedule: LRSchedulerCallable | None = None,
         entropy_weight: float = 1.0,
-        entropy_reduction: str = "sum",
+        entropy_reduction: Literal["sum", "mean"] = "sum",
         sample_noise_std: float = 0.0,
         energy_steps: int = 1,
         gradient_penalty: float = 0.0,
@@ -96,31 +95,17 @@ class DEM(EnergyBasedModel):
     ) -> None:
         super().__init__(data_shape)
         self.save_hyperparameters()
-        if latent_distribution not in ("uniform", "normal"):
-            raise ValueError(f"latent_distribution must be 'uniform' or 'normal', got {latent_distribution!r}")
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
-        if entropy_reduction not in ("sum", "mean"):
-            raise ValueError(f"entropy_reduction must be 'sum' or 'mean', got {entropy_reduction!r}")
-        self.check_lr_decay(lr_decay, lr_decay_start)
+        if energy_steps < 1:
+            raise ValueError(f"energy_steps must be at least 1, got {energy_steps}")
         if mcmc_steps < 0 or mcmc_step_size <= 0 or mcmc_temperature <= 0:
             raise ValueError("mcmc_steps must be >= 0, mcmc_step_size and mcmc_temperature positive")
-        self.automatic_optimization = False
-        self.last_acceptance_rate: Tensor | None = None
+        self.latent_distribution = latent_distribution
         self.energy_net = ProductOfExpertsEnergy(feature_net, self.data_shape, num_experts, sigma, learn_sigma)
         self.generator = generator
 
-    # ------------------------------------------------------------------ the contract
-    def energy(self, x: Tensor) -> Tensor:
-        """``E(x)`` of Eq. 11, shape ``(batch,)``."""
-        return self.energy_net(x)
-
-    def latent(self, num_samples: int) -> Tensor:
-        """``z`` from the generator's prior."""
-        shape = (num_samples, self.hparams.latent_dim)
-        if self.hparams.latent_distribution == "uniform":
-            return torch.rand(shape, device=self.device) * 2 - 1
-        return torch.randn(shape, device=self.device)
+    @property
+    def energy_updates_per_batch(self) -> int:
+        return self.hparams.energy_steps
 
     @torch.no_grad()
     def sample(self, num_samples: int, z: Tensor | None = None) -> Tensor:
@@ -129,20 +114,12 @@ class DEM(EnergyBasedModel):
         :attr:`last_acceptance_rate`)."""
         hp = self.hparams
         z = self.latent(num_samples) if z is None else z.to(self.device)
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
+        with eval_mode(self.generator):
             if hp.mcmc_steps > 0:
-                z, accepted = latent_mala(
-                    self.energy, self.generator, z, hp.mcmc_steps, hp.mcmc_step_size, hp.mcmc_temperature,
-                    prior=hp.latent_distribution,
-                )  # fmt: skip
-                self.last_acceptance_rate = accepted.mean()
+                z = self.latent_chain(z, hp.mcmc_steps, hp.mcmc_step_size, hp.mcmc_temperature, hp.latent_distribution)
             return self.generator(z)
-        finally:
-            self.generator.train(was_training)
 
-    # ------------------------------------------------------------------ the losses
+    # ------------------------------------------------------------------ the generator's loss
     def entropy(self) -> Tensor:
         """The batch-norm approximation of the generator's entropy (Eq. 15)."""
         return batchnorm_entropy(self.generator, self.hparams.entropy_reduction)
@@ -157,75 +134,5 @@ class DEM(EnergyBasedModel):
         loss = energy_fake - self.hparams.entropy_weight * entropy
         return loss, {"entropy": entropy.detach()}
 
-    def energy_loss(self, x: Tensor, x_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. 12: mean E(x_data) - mean E(x_generated) (+ the optional gradient penalty)."""
-        penalty_weight = self.hparams.gradient_penalty
-        if penalty_weight > 0:
-            x = x.detach().requires_grad_(True)
-        energies = self.energy(x)
-        energy_data = energies.mean()
-        energy_fake = self.energy(x_fake).mean()
-        loss = energy_data - energy_fake
-        logs = {"energy_data": energy_data.detach(), "energy_samples": energy_fake.detach()}
-        if penalty_weight > 0:
-            penalty = score_penalty(energies, x)
-            loss = loss + penalty_weight * penalty
-            logs["gradient_penalty"] = penalty.detach()
-        return loss, logs
-
-    # ------------------------------------------------------------------ training
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        x = self.batch_data(batch)
-        opt_energy, opt_generator = self.optimizers()  # type: ignore[misc]
-        log = self.should_log_step
-        metrics: dict[str, Tensor] = {}
-
-        # Generator update (Eq. 13-15); the energy's parameters get no gradient from it.
-        self.energy_net.requires_grad_(False)
-        loss_g, logs_g = self.generator_loss(self.latent(x.shape[0]))
-        opt_generator.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        if log:
-            metrics["grad_norm_generator"] = self.grad_norm(self.generator.parameters())
-        opt_generator.step()
-        self.energy_net.requires_grad_(True)
-
-        # Energy update (Eq. 12) with fresh generator samples in the negative phase.
-        for _ in range(self.hparams.energy_steps):
-            with torch.no_grad():
-                x_fake = self.generator(self.latent(x.shape[0]))
-            loss_e, logs_e = self.energy_loss(x, x_fake)
-            opt_energy.zero_grad(set_to_none=True)
-            self.manual_backward(loss_e)
-            if log:
-                metrics["grad_norm_energy"] = self.grad_norm(self.energy_net.parameters())
-            opt_energy.step()
-        self.step_lr_schedulers()
-
-        if log:
-            metrics.update(
-                loss_energy=loss_e.detach(),
-                loss_generator=loss_g.detach(),
-                energy_data=logs_e["energy_data"],
-                energy_samples=logs_e["energy_samples"],
-                energy_gap=logs_e["energy_samples"] - logs_e["energy_data"],
-                entropy=logs_g["entropy"],
-                sigma=self.energy_net.sigma.detach(),
-            )
-            if "gradient_penalty" in logs_e:
-                metrics["gradient_penalty"] = logs_e["gradient_penalty"]
-            self.log_train_metrics(metrics, prog_bar=("energy_gap",))
-
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        cls = _OPTIMIZERS[hp.optimizer]
-        extra: dict[str, Any] = {"betas": (0.5, 0.999)} if hp.optimizer == "adam" else {}
-        opt_energy = cls(self.energy_net.parameters(), lr=hp.energy_lr, weight_decay=hp.energy_weight_decay, **extra)
-        opt_generator = cls(self.generator.parameters(), lr=hp.generator_lr, **extra)
-        if hp.get("lr_decay", "none") == "none":
-            return [opt_energy, opt_generator]
-        return self.linear_lr_decay([opt_energy, opt_generator], hp.lr_decay_start)
-
-    @property
-    def optimizer_steps_per_batch(self) -> float:  # one generator and energy_steps energy updates
-        return 1 + self.hparams.energy_steps
+    def train_metrics(self) -> dict[str, Tensor]:
+        return {"sigma": self.energy_net.sigma.detach()}

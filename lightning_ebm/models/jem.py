@@ -42,18 +42,24 @@ run continues with it. The original training diverges now and then and was resta
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_ebm.errors import UserError
 from lightning_ebm.models.base import EnergyBasedModel
-from lightning_ebm.optim import WarmupStepDecay
+from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
 from lightning_ebm.samplers.langevin import langevin_dynamics
 from lightning_ebm.samplers.replay import ReplayBuffer
+from lightning_ebm.utils import eval_mode
+
+#: The paper's optimiser and schedule: Adam at 1e-4, a linear warm-up over 1,000 iterations, the rate
+#: multiplied by 0.3 at epochs 160 and 180.
+ADAM = spec("torch.optim.Adam", lr=1e-4, betas=[0.9, 0.999], weight_decay=0.0)
+WARMUP_STEP_DECAY = spec("lightning_ebm.optim.Schedule", warmup_steps=1000, milestones=[160, 180], gamma=0.3)
 
 
 class JEM(EnergyBasedModel):
@@ -66,12 +72,9 @@ class JEM(EnergyBasedModel):
         clf_weight: weight of the cross-entropy ``-log p(y|x)``.
         px_weight: weight of the generative term ``mean E(x_data) - mean E(x_sgld)`` (0: a plain classifier).
         pxy_weight: weight of the class-conditional term ``mean E(x, y) - mean E(x_sgld_y, y)``.
-        lr: Adam's learning rate (1e-4).
-        betas: Adam's betas.
-        weight_decay: Adam's L2 weight decay.
-        warmup_steps: optimiser steps of linear learning-rate warm-up (1,000).
-        decay_epochs: epochs at whose start the rate is multiplied by ``decay_rate`` (160, 180).
-        decay_rate: the step-decay factor (0.3).
+        optimizer: the classifier's optimiser (the paper: Adam, 1e-4).
+        lr_schedule: its schedule (the paper: linear warm-up over 1,000 iterations, x0.3 at epochs 160
+            and 180; :class:`~lightning_ebm.optim.Schedule`).
         sgld_steps: SGLD steps per training step (20).
         sgld_step_size: ``alpha`` of (6.24) (1).
         sgld_noise: ``sigma`` of (6.24) (0.01).
@@ -100,12 +103,8 @@ class JEM(EnergyBasedModel):
         clf_weight: float = 1.0,
         px_weight: float = 1.0,
         pxy_weight: float = 0.0,
-        lr: float = 1e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 1000,
-        decay_epochs: Sequence[int] = (160, 180),
-        decay_rate: float = 0.3,
+        optimizer: OptimizerCallable = ADAM,
+        lr_schedule: LRSchedulerCallable | None = WARMUP_STEP_DECAY,
         sgld_steps: int = 20,
         sgld_step_size: float = 1.0,
         sgld_noise: float = 0.01,
@@ -116,7 +115,7 @@ class JEM(EnergyBasedModel):
         sample_steps: int | None = None,
         energy_l2: float = 0.0,
         sgld_clamp: bool = False,
-        reinit_from: str = "uniform",
+        reinit_from: Literal["uniform", "class_gaussian"] = "uniform",
     ) -> None:
         super().__init__(data_shape)
         self.save_hyperparameters()
@@ -130,8 +129,6 @@ class JEM(EnergyBasedModel):
             raise ValueError(f"sgld_steps must be at least 1 when a generative term is trained, got {sgld_steps}")
         if len(init_range) != 2 or not init_range[0] < init_range[1]:
             raise ValueError(f"init_range must be (low, high) with low < high, got {list(init_range)}")
-        if reinit_from not in ("uniform", "class_gaussian"):
-            raise ValueError(f"reinit_from must be 'uniform' or 'class_gaussian', got {reinit_from!r}")
         self.automatic_optimization = False
         self.classifier = classifier
         if reinit_from == "class_gaussian":  # the restart distribution, in the checkpoint with the weights
@@ -220,8 +217,6 @@ class JEM(EnergyBasedModel):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
-            from lightning_ebm.errors import UserError
-
             raise UserError("JEM's reinit_from='class_gaussian' fits its Gaussians on a data module's training set: "
                             "pass datamodule=... to fit, or use reinit_from='uniform'")  # fmt: skip
         self.fit_restart_gaussians(datamodule.train_dataloader())
@@ -231,24 +226,15 @@ class JEM(EnergyBasedModel):
         hp = self.hparams
         steps = hp.sgld_steps if steps is None else steps
         bounds = tuple(hp.init_range) if hp.get("sgld_clamp", False) else None
-        with self._classifier_in_eval_mode():
+        with eval_mode(self.classifier):
             return langevin_dynamics(
                 lambda v: self.energy(v, y), x, steps, hp.sgld_step_size, hp.sgld_noise, bounds=bounds
             )
 
-    @contextmanager
-    def _classifier_in_eval_mode(self) -> Iterator[None]:
-        was_training = self.classifier.training
-        self.classifier.eval()
-        try:
-            yield
-        finally:
-            self.classifier.train(was_training)
-
     @torch.no_grad()
     def log_class_probabilities(self, x: Tensor, batch_size: int = 500) -> Tensor:
         """``log p(y | x)`` for every class, shape ``(len(x), num_classes)``, in batches, ``f`` in eval mode."""
-        with self._classifier_in_eval_mode():
+        with eval_mode(self.classifier):
             return torch.cat([self.logits(b).log_softmax(1) for b in x.split(batch_size)])
 
     def negative_samples(self, n: int, y: Tensor | None = None) -> Tensor:
@@ -340,7 +326,7 @@ class JEM(EnergyBasedModel):
         x_sgld = self.negative_samples(x.shape[0]) if hp.px_weight > 0 else None
         x_sgld_y = self.negative_samples(x.shape[0], y) if hp.pxy_weight > 0 else None
 
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer = self.optimizers()
         loss, logs = self.objective(x, y, x_sgld, x_sgld_y)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -348,7 +334,7 @@ class JEM(EnergyBasedModel):
         if log:
             logs["grad_norm"] = self.grad_norm(self.classifier.parameters())
         optimizer.step()
-        scheduler.step()
+        self.step_schedules()
 
         energies = ("energy_data", "energy_samples", "energy_data_y", "energy_samples_y")
         self.guard_metrics = {"loss": loss.detach(), **{k: logs[k] for k in energies if k in logs}}
@@ -361,46 +347,32 @@ class JEM(EnergyBasedModel):
     def _labels(self, batch: Any) -> Tensor:
         if isinstance(batch, (list, tuple)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
             return batch[1].long()
-        from lightning_ebm.errors import UserError
-
         raise UserError(
             "JEM trains a classifier and needs labelled batches (x, y): use a data module that yields labels "
             "(MNISTDataModule, CIFAR10DataModule, Toy2DDataModule with labels: true)"
         )
 
-    def on_train_epoch_start(self) -> None:
-        """Apply the step decay of the new epoch (the schedule's factor depends on the epoch)."""
-        scheduler = self.lr_schedulers()
-        schedule = scheduler.lr_lambdas[0]
-        schedule.epoch = self.current_epoch
-        for group, base in zip(self.optimizers().optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * schedule(scheduler.last_epoch)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = torch.optim.Adam(
-            self.classifier.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-        )
-        schedule = WarmupStepDecay(hp.warmup_steps, hp.decay_epochs, hp.decay_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer(self.hparams.optimizer, self.classifier.parameters())
+        return self.with_schedules([(optimizer, self.hparams.lr_schedule)])
 
     # ------------------------------------------------------------------ evaluation
+    progress_bar_metrics = ("accuracy",)
+
     @torch.no_grad()
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Accuracy, cross-entropy and mean energy of held-out data; on the first batch, the mean
-        energy of as many samples (``val/energy_samples``)."""
+    def evaluation_metrics(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Mean energy, and with labels accuracy and cross-entropy, of held-out data; on the first
+        batch, the mean energy of as many samples (``energy_samples``)."""
         x = self.batch_data(batch)
         logits = self.logits(x)
-        self.log("val/energy_data", self.energy_from_logits(logits).mean(), sync_dist=True)
+        metrics = {"energy_data": self.energy_from_logits(logits).mean()}
         if isinstance(batch, (list, tuple)) and len(batch) >= 2:
             y = batch[1].long()
-            self.log("val/accuracy", (logits.argmax(1) == y).float().mean(), sync_dist=True, prog_bar=True)
-            self.log("val/cross_entropy", F.cross_entropy(logits, y), sync_dist=True)
+            metrics["accuracy"] = (logits.argmax(1) == y).float().mean()
+            metrics["cross_entropy"] = F.cross_entropy(logits, y)
         if batch_idx == 0:
-            self.log("val/energy_samples", self.energy(self.sample(x.shape[0])).mean(), sync_dist=True)
-
-    test_step = validation_step
+            metrics["energy_samples"] = self.energy(self.sample(x.shape[0])).mean()
+        return metrics
 
     # ------------------------------------------------------------------ the buffer in checkpoints
     def per_rank_state(self) -> dict[str, Tensor]:

@@ -1,14 +1,16 @@
 """Greedy layer-wise training of a stack of RBMs, the first phase of a DBN and of a DBM.
 
 Hinton, Osindero & Teh 2006 (deep belief nets); Salakhutdinov & Hinton 2009 (deep Boltzmann
-machines). Layer ``l`` is an RBM between units ``x_l`` and ``x_{l+1}`` (``x_0`` the data). It trains,
-for its own number of epochs, on the hidden probabilities of the trained layers below it,
+machines). Layer ``l`` is an :class:`~lightning_ebm.nn.RBMLayer` between units ``x_l`` and ``x_{l+1}``
+(``x_0`` the data). It trains, for its own number of epochs, on the hidden probabilities of the
+trained layers below it,
 
     x_{l+1} = p(h = 1 | x_l) = sigmoid(c_l + s_l W_l^T x_l)
 
 (the bottom-up pass; ``s_l`` is 1 for a DBN and 2 where a DBM doubles it), with the RBM's own
-CD-k / PCD update and recipe (momentum schedule, weight decay on ``W``). All layers train within one
-``fit``; the epoch decides the layer, so a resumed run continues in the layer it stopped in.
+CD-k / PCD update (:class:`~lightning_ebm.models.rbm.ContrastiveDivergence`) and recipe (momentum
+schedule, weight decay on ``W``). All layers train within one ``fit``; the epoch decides the layer,
+so a resumed run continues in the layer it stopped in.
 
 Subclasses (:class:`~lightning_ebm.models.DBN`, :class:`~lightning_ebm.models.DBM`) say what the
 trained stack is and may add a phase after it (:meth:`GreedyRBMStack.after_pretraining_step`).
@@ -18,46 +20,41 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_ebm.models.base import EnergyBasedModel
-from lightning_ebm.models.rbm import RBM
-
-
-@contextmanager
-def _own_hyperparameters() -> Iterator[None]:
-    """While LightningCLI builds a model, every ``save_hyperparameters`` call receives that model's
-    config; the stack's RBMs, built inside it, must record their own arguments."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # a Lightning without the mechanism
-        yield
-        return
-    token = _given_hyperparameters.set(None)
-    try:
-        yield
-    finally:
-        _given_hyperparameters.reset(token)
+from lightning_ebm.models.rbm import (
+    MOMENTUM_SCHEDULE,
+    SGD_RECIPE,
+    ContrastiveDivergence,
+    init_visible_bias_from,
+    log_filters,
+    monitoring_metrics,
+    weight_decay_on_weights_only,
+)
+from lightning_ebm.nn.rbm import RBMLayer
+from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable
 
 
 class GreedyRBMStack(EnergyBasedModel):
-    """A stack of binary RBMs trained greedily, one layer after another (manual optimisation: one
-    SGD optimiser per layer, and any the subclass adds after them).
+    """A stack of binary RBM layers trained greedily, one after another (manual optimisation: one
+    optimiser per layer, and any the subclass adds after them).
 
     Args:
         layer_sizes: units per layer, the visible layer first, e.g. ``[784, 500, 500, 2000]``.
         layer_epochs: epochs of greedy training of each RBM (``len(layer_sizes) - 1`` numbers).
         data_shape: shape of one example (default ``[layer_sizes[0]]``).
-        rbm: options of every layer's :class:`~lightning_ebm.models.RBM` (``method``, ``k``,
-            ``num_chains``, ``lr``, ``lr_decay``, ``momentum``, ``final_momentum``,
-            ``momentum_epochs``, ``weight_decay``, ``init_std``, ...). ``lr_decay`` and the momentum
-            schedule count each layer's own epochs. The first layer's visible biases start from the
-            data means (``init_visible_bias``).
+        method: ``cd`` or ``pcd``, and ``k`` Gibbs sweeps per update, ``num_chains`` persistent
+            chains per process (PCD), for every layer.
+        layer_optimizer: every layer's optimiser (weight decay on ``W`` only); ``layer_schedule`` its
+            schedule, which counts the layer's own epochs and updates (momentum, linear decay).
+        init_std: standard deviation of the initial weights.
+        init_visible_bias: start the first layer's visible biases from the data means.
+        num_filters: hidden units of the layer in training drawn as images every epoch.
         scales: ``(bottom_up_scale, top_down_scale)`` of each layer (default all 1).
     """
 
@@ -68,7 +65,14 @@ class GreedyRBMStack(EnergyBasedModel):
         layer_sizes: Sequence[int],
         layer_epochs: Sequence[int],
         data_shape: Sequence[int] | None = None,
-        rbm: dict[str, Any] | None = None,
+        method: Literal["cd", "pcd"] = "cd",
+        k: int = 1,
+        num_chains: int | None = None,
+        layer_optimizer: OptimizerCallable = SGD_RECIPE,
+        layer_schedule: LRSchedulerCallable | None = MOMENTUM_SCHEDULE,
+        init_std: float = 0.01,
+        init_visible_bias: bool = True,
+        num_filters: int = 100,
         scales: Sequence[tuple[float, float]] | None = None,
     ) -> None:
         sizes = [int(n) for n in layer_sizes]
@@ -84,32 +88,20 @@ class GreedyRBMStack(EnergyBasedModel):
                 f"layer_epochs needs one number of epochs (>= 0) per RBM, {len(sizes) - 1} for layer_sizes "
                 f"{sizes}; got {list(layer_epochs)}"
             )
-        options = dict(rbm or {})
-        for reserved in ("n_visible", "n_hidden", "visible", "data_shape", "bottom_up_scale", "top_down_scale"):
-            if reserved in options:
-                raise ValueError(f"rbm.{reserved} is set by the stack, not in its rbm options")
         scales = list(scales) if scales is not None else [(1.0, 1.0)] * (len(sizes) - 1)
         self.automatic_optimization = False
         self.layer_sizes = sizes
         self.layer_epochs = [int(e) for e in layer_epochs]
-        #: ``rbms[l]`` models layers ``l`` and ``l + 1``.
-        with _own_hyperparameters():
-            self.rbms = self._build_rbms(sizes, options, scales)
-
-    def _build_rbms(
-        self, sizes: list[int], options: dict[str, Any], scales: list[tuple[float, float]]
-    ) -> nn.ModuleList:
-        return nn.ModuleList(
-            RBM(
-                n_in,
-                n_out,
-                data_shape=self.data_shape if layer == 0 else None,
-                **{**options, "init_visible_bias": layer == 0 and options.get("init_visible_bias", True)},
-                bottom_up_scale=up,
-                top_down_scale=down,
-            )
-            for layer, (n_in, n_out, (up, down)) in enumerate(zip(sizes[:-1], sizes[1:], scales))
+        self.stack_options = dict(
+            layer_optimizer=layer_optimizer, layer_schedule=layer_schedule, init_visible_bias=init_visible_bias,
+            num_filters=num_filters,
+        )  # fmt: skip
+        #: ``layers[l]`` models units ``l`` and ``l + 1``; ``cd[l]`` trains it (and holds its chains).
+        self.layers = nn.ModuleList(
+            RBMLayer(n_in, n_out, init_std=init_std, bottom_up_scale=up, top_down_scale=down)
+            for n_in, n_out, (up, down) in zip(sizes[:-1], sizes[1:], scales)
         )
+        self.cd = [ContrastiveDivergence(method, k, num_chains) for _ in self.layers]
 
     # ------------------------------------------------------------------ the schedule
     @property
@@ -133,20 +125,30 @@ class GreedyRBMStack(EnergyBasedModel):
     def current_layer(self) -> int | None:
         return self.layer_at(self.current_epoch)
 
+    def schedule_phase(self, index: int) -> tuple[int, int]:
+        """A layer's schedule runs over its own epochs of updates (and a subclass's later phase after them)."""
+        per_epoch = max(1, int(self.trainer.num_training_batches))
+        if index < len(self.layers):
+            return max(1, self.layer_epochs[index] * per_epoch), self.layer_start(index)
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs is not None else -1
+        if max_epochs < 0:  # no end: a linear decay never starts
+            return 1 << 62, self.pretraining_epochs
+        return max(1, (max_epochs - self.pretraining_epochs) * per_epoch), self.pretraining_epochs
+
     # ------------------------------------------------------------------ the stack
     def flatten(self, x: Tensor) -> Tensor:
         """``(batch, *data_shape)`` to ``(batch, n_visible)`` in the parameters' dtype."""
-        return self.rbms[0].flatten(x)
+        return x.reshape(x.shape[0], -1).to(self.layers[0].W.dtype)
 
     def up_pass(self, x: Tensor, layer: int) -> Tensor:
-        """The input of ``layer``: flattened data through the RBMs below it, ``p(h = 1 | x)`` each."""
+        """The input of ``layer``: flattened data through the layers below it, ``p(h = 1 | x)`` each."""
         v = self.flatten(x)
-        for rbm in self.rbms[:layer]:
-            v = rbm.hidden_probs(v)
+        for below in self.layers[:layer]:
+            v = below.hidden_probs(v)
         return v
 
     # ------------------------------------------------------------------ training
-    def _optimizer(self, index: int) -> Any:
+    def player_optimizer(self, index: int) -> Any:
         optimizers = self.optimizers()
         return optimizers[index] if isinstance(optimizers, list) else optimizers
 
@@ -156,32 +158,23 @@ class GreedyRBMStack(EnergyBasedModel):
         if layer is None:
             self.after_pretraining_step(x, batch_idx)
         else:
-            self.pretraining_step(x, batch_idx, layer)
+            self.pretraining_step(x, layer)
 
-    def pretraining_step(self, x: Tensor, batch_idx: int, layer: int) -> None:
+    def pretraining_step(self, x: Tensor, layer: int) -> None:
         """One CD / PCD update of ``layer`` on the up-passed batch; metrics under ``train/layer{l}/``."""
-        rbm = self.rbms[layer]
-        optimizer = self._optimizer(layer)
-        epoch = self.current_epoch - self.layer_start(layer)
-        rbm.set_momentum(optimizer, epoch)
-        if rbm.hparams.lr_decay == "linear":
-            for group in optimizer.param_groups:
-                group["lr"] = rbm.hparams.lr * self.linear_decay(epoch, batch_idx, self.layer_epochs[layer])
+        rbm = self.layers[layer]
+        optimizer = self.player_optimizer(layer)
         with torch.no_grad():
             v_data = self.up_pass(x, layer)
-        v_model, _ = rbm.cd_step(v_data, optimizer, owner=self)
+        v_model, _ = self.cd[layer].update(rbm, v_data, optimizer, self)
+        self.step_schedules([layer])
         if self.should_log_step:
             with torch.no_grad():
-                metrics = rbm.monitoring_metrics(v_data)
+                metrics = monitoring_metrics(rbm, v_data)
                 metrics["free_energy_gap"] = rbm.free_energy(v_model).mean() - metrics["free_energy"]
                 metrics["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
             self.log_train_metrics({f"layer{layer}/{k}": v for k, v in metrics.items()})
             self.log("train/layer", float(layer), on_step=True, on_epoch=False, prog_bar=True)
-
-    def linear_decay(self, epoch: int, batch_idx: int, epochs: int) -> float:
-        """``1 - t / T`` for update ``t`` (batch ``batch_idx`` of ``epoch``) of a phase of ``epochs`` epochs."""
-        per_epoch = max(1, int(self.trainer.num_training_batches))
-        return max(0.0, 1 - (epoch * per_epoch + batch_idx) / max(1, epochs * per_epoch))
 
     def after_pretraining_step(self, x: Tensor, batch_idx: int) -> None:
         """A step after greedy training (a DBM's joint training); the stack alone has none."""
@@ -208,40 +201,47 @@ class GreedyRBMStack(EnergyBasedModel):
             )
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         if not self.has_later_phase and self.current_layer is None:  # e.g. resumed after the last layer
             warnings.warn("every layer of the stack is already trained: nothing to do", stacklevel=2)
             self.trainer.should_stop = True
-        first = self.rbms[0]
-        if self.global_step == 0 and first.hparams.init_visible_bias and self.layer_epochs[0] > 0:
-            first.init_visible_bias_from(self.trainer)
+        if self.global_step == 0 and self.stack_options["init_visible_bias"] and self.layer_epochs[0] > 0:
+            init_visible_bias_from(self.layers[0], self.trainer, self.flatten)
 
     def on_train_epoch_end(self) -> None:
         layer = self.current_layer
         if layer is not None:
-            self.rbms[layer].log_filters(self.trainer, tag=f"layer{layer}/filters")
+            num = self.stack_options["num_filters"]
+            shape = self.data_shape if layer == 0 else (self.layer_sizes[layer],)
+            log_filters(self.layers[layer], self.trainer, shape, num, f"layer{layer}/filters")
         if not self.has_later_phase and self.layer_at(self.current_epoch + 1) is None:
             self.trainer.should_stop = True  # every layer is trained
 
     @torch.no_grad()
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """The current layer's monitoring metrics on held-out data (``val/layer{l}/...``)."""
-        layer = self.current_layer
-        if layer is None:
-            return
+    def evaluation_metrics(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """The monitoring metrics of the layer in training (``layer{l}/...``), or of the top layer once
+        every layer is trained, on held-out data."""
+        layer = self.current_layer if self.current_layer is not None else len(self.layers) - 1
         v = self.up_pass(self.batch_data(batch), layer)
-        for name, value in self.rbms[layer].monitoring_metrics(v).items():
-            self.log(f"val/layer{layer}/{name}", value, sync_dist=True, batch_size=v.shape[0])
+        return {f"layer{layer}/{k}": value for k, value in monitoring_metrics(self.layers[layer], v).items()}
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [rbm.build_optimizer() for rbm in self.rbms]
+    def players(self) -> list[tuple[torch.optim.Optimizer, Any]]:
+        """Each layer's optimiser (weight decay on ``W`` only) and schedule; a subclass appends its own."""
+        options = self.stack_options
+        return [
+            (self.build_optimizer(options["layer_optimizer"], weight_decay_on_weights_only(layer)),
+             options["layer_schedule"])
+            for layer in self.layers
+        ]  # fmt: skip
+
+    def configure_optimizers(self) -> Any:
+        return self.with_schedules(self.players())
 
     # ------------------------------------------------------------------ per-process state
     def per_rank_state(self) -> dict[str, Tensor]:
         """Every layer's persistent chains (PCD), visible and hidden states."""
-        return {
-            f"rbms.{i}.{name}": value for i, rbm in enumerate(self.rbms) for name, value in rbm.per_rank_state().items()
-        }
+        return {k: v for i, cd in enumerate(self.cd) for k, v in cd.state(f"layers.{i}.").items()}
 
     def load_per_rank_state(self, state: dict[str, Tensor]) -> None:
-        for i, rbm in enumerate(self.rbms):
-            rbm.load_per_rank_state({k.split(".")[-1]: v for k, v in state.items() if k.startswith(f"rbms.{i}.")})
+        for i, cd in enumerate(self.cd):
+            cd.load_state(state, self.layers[i].W.dtype, f"layers.{i}.")

@@ -25,17 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_ebm.utils import input_gradient
+
 EnergyFn = Callable[[Tensor], Tensor]
 LATENT_PRIORS = ("normal", "uniform", "none")
-
-
-def _energy_and_grad(energy: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
-    # Lightning validates under ``inference_mode``; gradients need it off and a normal copy of ``x``.
-    with torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone().requires_grad_(True)
-        e = energy(x)
-        (grad,) = torch.autograd.grad(e.sum(), x)
-    return e.detach(), grad.detach()
 
 
 def langevin_dynamics(
@@ -52,7 +45,7 @@ def langevin_dynamics(
     """
     noise = (2 * step_size) ** 0.5 if noise_scale is None else noise_scale
     for _ in range(num_steps):
-        _, grad = _energy_and_grad(energy, x)
+        _, grad = input_gradient(energy, x)
         x = x - step_size * grad + noise * torch.randn_like(x)
         if bounds is not None:
             x = x.clamp(bounds[0], bounds[1])
@@ -68,7 +61,7 @@ def mala(
     """
 
     def potential(v: Tensor) -> tuple[Tensor, Tensor]:
-        e, g = _energy_and_grad(energy, v)
+        e, g = input_gradient(energy, v)
         return e / temperature, g / temperature
 
     def log_q(to: Tensor, frm: Tensor, grad_frm: Tensor) -> Tensor:

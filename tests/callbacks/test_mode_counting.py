@@ -22,6 +22,7 @@ from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation import mode_histogram_metrics, mode_ids
 from lightning_ebm.models import Classifier
 from lightning_ebm.nn import ConvClassifier
+from lightning_ebm.optim import spec
 
 
 # ------------------------------------------------------------------------------ the metrics by hand
@@ -51,7 +52,7 @@ def classifier_checkpoint(real_dir: Path, tmp_path_factory: pytest.TempPathFacto
     L.seed_everything(0, verbose=False)
     dm = MNISTDataModule(str(real_dir), source="test-split", val_size=1000, test_size=2000,
                          value_range="symmetric", batch_size=64)  # fmt: skip
-    model = Classifier(ConvClassifier(channels=(16, 32), hidden=64), lr=2e-3)
+    model = Classifier(ConvClassifier(channels=(16, 32), hidden=64), optimizer=spec("torch.optim.Adam", lr=2e-3))
     trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, limit_val_batches=0)  # fmt: skip
     trainer.fit(model, datamodule=dm)
@@ -175,8 +176,10 @@ def test_paper_settings_in_the_meg_configs() -> None:
         config = yaml.safe_load((CONFIG_DIR / f"meg_stackedmnist{n}.yaml").read_text())
         model = config["model"]["init_args"]
         assert model["latent_dim"] == 128 and model["gradient_penalty"] == 10.0 and model["energy_steps"] == 5
-        assert model["energy_lr"] == model["generator_lr"] == model["statistics_lr"] == 1e-4
-        assert model["betas"] == [0.5, 0.9] and model["data_shape"] == [n, 28, 28]
+        players = [model[f"{p}_optimizer"] for p in ("energy", "generator", "statistics")]
+        assert all(p["class_path"] == "torch.optim.Adam" for p in players)
+        assert all(p["init_args"]["lr"] == 1e-4 and p["init_args"]["betas"] == [0.5, 0.9] for p in players)
+        assert model["data_shape"] == [n, 28, 28]
         assert config["data"]["init_args"]["batch_size"] == 64 and config["data"]["init_args"]["num_stacks"] == n
         # 100k generator iterations x 5 energy batches x 64 = 32M stacks = max_epochs x 128 * 10^n
         assert config["trainer"]["max_epochs"] * 128 * 10**n == 100_000 * 5 * 64

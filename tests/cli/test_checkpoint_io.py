@@ -35,9 +35,9 @@ def test_a_write_that_fails_halfway_leaves_the_previous_checkpoint(tmp_path: Pat
     rbm, trainer = fit_rbm(tmp_path, 1)
     last = tmp_path / "last.ckpt"
     trainer.save_checkpoint(last)
-    saved_W = rbm.W.detach().clone()
+    saved_W = rbm.layer.W.detach().clone()
     with torch.no_grad():
-        rbm.W.add_(1.0)  # the next checkpoint would hold other weights
+        rbm.layer.W.add_(1.0)  # the next checkpoint would hold other weights
     real_save = torch.save
     where: list[str] = []
 
@@ -53,7 +53,7 @@ def test_a_write_that_fails_halfway_leaves_the_previous_checkpoint(tmp_path: Pat
     # written to a temporary file next to the destination, so that the rename is atomic
     assert len(where) == 1 and where[0].startswith(".last.ckpt.") and where[0].endswith(".tmp")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the temporary file is gone
-    torch.testing.assert_close(RBM.load_from_checkpoint(last).W, saved_W)
+    torch.testing.assert_close(RBM.load_from_checkpoint(last).layer.W, saved_W)
 
 
 def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert last.read_bytes() == before
-    assert RBM.load_from_checkpoint(last).W.shape == (9, 6)
+    assert RBM.load_from_checkpoint(last).layer.W.shape == (9, 6)
 
 
 def test_the_command_line_installs_the_atomic_writer_and_cpu_sync_batchnorm(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def test_configs_are_shipped_inside_the_package_and_linked_at_the_root() -> None
 
 def test_paper_settings_in_the_dem_configs() -> None:
     toy = yaml.safe_load((CONFIG_DIR / "dem_toy.yaml").read_text())["model"]["init_args"]
-    assert toy["num_experts"] == 4 and toy["latent_dim"] == 4 and toy["optimizer"] == "adagrad"
+    assert toy["num_experts"] == 4 and toy["latent_dim"] == 4
+    assert toy["energy_optimizer"]["class_path"] == toy["generator_optimizer"]["class_path"] == "torch.optim.Adagrad"
     assert toy["feature_net"]["init_args"]["in_features"] == 2
     assert toy["feature_net"]["init_args"]["hidden"] + [toy["feature_net"]["init_args"]["out_features"]] == [128, 128]
     assert toy["generator"]["init_args"]["hidden"] == [128, 128] and toy["generator"]["init_args"]["batch_norm"]
@@ -62,9 +63,9 @@ def test_unknown_config_name(capsys: pytest.CaptureFixture[str]) -> None:
         (["--trainer.max_epohcs", "3"], "unknown option --trainer.max_epohcs (did you mean --trainer.max_epochs"),
         (["--trainer.max_epoch", "3"], "unknown option --trainer.max_epoch "),  # no silent prefix matching
         (["--trainer.max_epochs", "abc"], "--trainer.max_epochs: Expected a <class 'int'>"),
-        (["--model.init_args.energy_lrr", "3"], "'energy_lrr' is not accepted (did you mean energy_lr"),
-        (["--model.init_args.energy_lr", "fast"], "--model.energy_lr: Expected a <class 'float'>"),
-        (["--data.name", "26gaussians"], "unknown toy data set '26gaussians'; choose one of swissroll"),
+        (["--model.init_args.num_expert", "3"], "'num_expert' is not accepted (did you mean num_experts"),
+        (["--model.init_args.num_experts", "many"], "--model.num_experts: Expected a <class 'int'>"),
+        (["--data.name", "26gaussians"], "Got value: 26gaussians"),
     ],
 )
 def test_user_mistakes_are_short_errors(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,7 +98,8 @@ def test_deep_boltzmann_machines_train_under_two_process_ddp(tmp_path: Path) -> 
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.callbacks", "[]",
             "--checkpoint.every_n_epochs", "1",
             "--model.init_args.layer_sizes", sizes, "--model.init_args.layer_epochs", epochs,
-            "--model.init_args.rbm", '{"method": "pcd", "num_chains": 5}',
+            "--model.init_args.method", "pcd",
+            f"--model.init_args.{'num_chains' if name == 'dbn_mnist' else 'layer_num_chains'}", "5",
             "--data.data_dir", str(tmp_path / "data"), "--data.download", "false", "--data.val_size", "200",
             "--trainer.callbacks+=helpers.callbacks.ParameterDigest",
             "--trainer.callbacks.dirpath", str(tmp_path / name),
@@ -113,8 +114,8 @@ def test_deep_boltzmann_machines_train_under_two_process_ddp(tmp_path: Path) -> 
         assert params[0] == params[1]
         state = torch.load(tmp_path / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
         state = state["per_rank_state"]
-        assert state["rbms.0.persistent_chains"].shape == (2, 5, 784)  # every rank's pretraining chains
-        assert not torch.equal(state["rbms.1.persistent_chains"][0], state["rbms.1.persistent_chains"][1])
+        assert state["layers.0.persistent_chains"].shape == (2, 5, 784)  # every rank's pretraining chains
+        assert not torch.equal(state["layers.1.persistent_chains"][0], state["layers.1.persistent_chains"][1])
         if name == "dbm_mnist":
             chains = [json.loads((tmp_path / name / f"chains{r}.json").read_text()) for r in range(2)]
             assert chains[0]["end"] != chains[1]["end"]

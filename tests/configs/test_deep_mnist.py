@@ -24,8 +24,12 @@ def test_published_architectures_and_schedules_in_the_configs() -> None:
     dbm = yaml.safe_load((CONFIG_DIR / "dbm_mnist.yaml").read_text())
     model = dbm["model"]["init_args"]
     assert model["layer_sizes"] == [784, 500, 1000]
-    assert (model["num_chains"], model["gibbs_steps"], model["lr_decay"]) == (100, 5, "linear")
-    assert 10 <= model["mean_field_steps"] <= 30 and model["lr"] == 0.001
+    assert (model["num_chains"], model["gibbs_steps"], model["lr_schedule"]["init_args"]["linear_decay_start"]) == (
+        100,
+        5,
+        0.0,
+    )
+    assert 10 <= model["mean_field_steps"] <= 30 and model["optimizer"]["init_args"]["lr"] == 0.001
     assert dbm["trainer"]["max_epochs"] - sum(model["layer_epochs"]) == 500  # 300,000 joint updates of 100
     for config in (dbn, dbm):
         assert config["data"]["init_args"]["binarize"] == "static"

@@ -20,6 +20,7 @@ from lightning_ebm.cli import CONFIG_DIR
 from lightning_ebm.datamodules import MNISTDataModule
 from lightning_ebm.evaluation import estimate_log_partition, exact_log_partition, log_likelihood
 from lightning_ebm.models import RBM
+from lightning_ebm.optim import spec
 
 
 def test_published_recipe_in_the_rbm_configs() -> None:
@@ -27,12 +28,22 @@ def test_published_recipe_in_the_rbm_configs() -> None:
         config = yaml.safe_load((CONFIG_DIR / name).read_text())
         model, data = config["model"]["init_args"], config["data"]["init_args"]
         assert (model["n_visible"], model["n_hidden"], model["visible"]) == (784, 500, "bernoulli")
-        assert model["weight_decay"] == 2e-4 and model["init_std"] == 0.01 and model["init_visible_bias"]
+        sgd = model["optimizer"]
+        assert sgd["class_path"] == "torch.optim.SGD" and sgd["init_args"]["weight_decay"] == 2e-4
+        assert model["init_std"] == 0.01 and model["init_visible_bias"]
         assert data["batch_size"] == 100 and data["binarize"] == "static"
     cd = yaml.safe_load((CONFIG_DIR / "rbm_mnist.yaml").read_text())["model"]["init_args"]
-    assert (cd["method"], cd["k"], cd["momentum"], cd["final_momentum"]) == ("cd", 25, 0.5, 0.9)
+    momenta = (cd["optimizer"]["init_args"]["momentum"], cd["lr_schedule"]["init_args"]["final_momentum"])
+    assert (cd["method"], cd["k"], *momenta) == ("cd", 25, 0.5, 0.9)
     pcd = yaml.safe_load((CONFIG_DIR / "rbm_mnist_pcd.yaml").read_text())["model"]["init_args"]
-    assert (pcd["method"], pcd["k"], pcd["num_chains"], pcd["lr_decay"]) == ("pcd", 1, 100, "linear")
+    decay = pcd["lr_schedule"]["init_args"]["linear_decay_start"]
+    assert (pcd["method"], pcd["k"], pcd["num_chains"], decay, pcd["optimizer"]["init_args"]["momentum"]) == (
+        "pcd",
+        1,
+        100,
+        0.0,
+        0.0,
+    )
 
 
 @pytest.mark.parametrize("name", ["rbm_mnist.yaml", "rbm_mnist_pcd.yaml"])
@@ -69,7 +80,7 @@ def test_shipped_rbm_config_trains_on_real_mnist(tmp_path: Path, name: str) -> N
     model = RBM.load_from_checkpoint(ckpt)
     assert model.hparams.n_hidden == 500 and model.sample(3, num_steps=2).shape == (3, 1, 28, 28)
     if model.hparams.method == "pcd":
-        assert model.persistent_chains is not None and model.persistent_chains.shape == (100, 784)
+        assert model.cd.visible is not None and model.cd.visible.shape == (100, 784)
     assert run_cli(["test", *common, "--ckpt_path", str(ckpt)]) == 0
 
 
@@ -87,8 +98,9 @@ def fit_ours(train: torch.Tensor, n_hidden: int, epochs: int, batch_size: int = 
     """rbm_mnist_pcd.yaml's recipe (PCD-1, learning rate 0.05 decayed linearly to zero, no momentum,
     weight decay 2e-4); by default with scikit-learn's batches of 10, which suit a data set this small."""
     L.seed_everything(0)
-    rbm = RBM(784, n_hidden, method="pcd", k=1, lr=0.05, lr_decay="linear", momentum=0.0, final_momentum=0.0,
-              num_filters=0, **recipe)  # fmt: skip
+    sgd = spec("torch.optim.SGD", lr=0.05, momentum=0.0, weight_decay=2e-4, fused=True)
+    decay = spec("lightning_ebm.optim.Schedule", linear_decay_start=0.0)
+    rbm = RBM(784, n_hidden, method="pcd", k=1, optimizer=sgd, lr_schedule=decay, num_filters=0, **recipe)
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True)
     trainer = L.Trainer(
         max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -111,9 +123,9 @@ def fit_sklearn(
     sk.fit(train.numpy())
     rbm = RBM(784, n_hidden)
     with torch.no_grad():
-        rbm.W.copy_(torch.from_numpy(sk.components_.T.copy()))
-        rbm.visible_bias.copy_(torch.from_numpy(sk.intercept_visible_))
-        rbm.hidden_bias.copy_(torch.from_numpy(sk.intercept_hidden_))
+        rbm.layer.W.copy_(torch.from_numpy(sk.components_.T.copy()))
+        rbm.layer.visible_bias.copy_(torch.from_numpy(sk.intercept_visible_))
+        rbm.layer.hidden_bias.copy_(torch.from_numpy(sk.intercept_hidden_))
     return rbm
 
 

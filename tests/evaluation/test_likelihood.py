@@ -13,14 +13,15 @@ import torch
 from lightning_ebm.callbacks import AISLogLikelihood
 from lightning_ebm.evaluation import estimate_log_partition, exact_log_partition, log_likelihood
 from lightning_ebm.models import RBM
+from lightning_ebm.optim import spec
 from lightning_ebm.samplers import salakhutdinov_murray_betas
 
 
 def random_rbm(n_visible: int, n_hidden: int, scale: float = 1.0, **kwargs) -> RBM:
     rbm = RBM(n_visible, n_hidden, init_std=scale, **kwargs)
     with torch.no_grad():
-        rbm.visible_bias.normal_(0, scale)
-        rbm.hidden_bias.normal_(0, scale)
+        rbm.layer.visible_bias.normal_(0, scale)
+        rbm.layer.hidden_bias.normal_(0, scale)
     return rbm
 
 
@@ -31,7 +32,7 @@ def all_states(n: int) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(7, 4), (4, 7)])
 def test_exact_log_partition_matches_brute_force_over_both_layers(shape) -> None:
     rbm = random_rbm(*shape)
-    W, b, c = (t.detach().double() for t in (rbm.W, rbm.visible_bias, rbm.hidden_bias))
+    W, b, c = (t.detach().double() for t in (rbm.layer.W, rbm.layer.visible_bias, rbm.layer.hidden_bias))
     v, h = all_states(shape[0]), all_states(shape[1])
     minus_energy = (v @ b)[:, None] + (h @ c)[None, :] + v @ W @ h.t()  # -E(v, h) for every pair
     assert exact_log_partition(rbm) == pytest.approx(float(torch.logsumexp(minus_energy.flatten(), 0)), abs=1e-9)
@@ -41,7 +42,12 @@ def test_both_enumerations_agree() -> None:
     rbm = random_rbm(12, 9)
     swapped = RBM(9, 12)
     swapped.load_state_dict(
-        {**swapped.state_dict(), "W": rbm.W.t(), "visible_bias": rbm.hidden_bias, "hidden_bias": rbm.visible_bias}
+        {
+            **swapped.state_dict(),
+            "layer.W": rbm.layer.W.t(),
+            "layer.visible_bias": rbm.layer.hidden_bias,
+            "layer.hidden_bias": rbm.layer.visible_bias,
+        }
     )
     assert exact_log_partition(rbm) == pytest.approx(exact_log_partition(swapped), abs=1e-9)
 
@@ -49,12 +55,12 @@ def test_both_enumerations_agree() -> None:
 def test_gaussian_exact_log_partition_matches_quadrature() -> None:
     rbm = random_rbm(2, 3, scale=0.7, visible="gaussian", learn_sigma=True)
     with torch.no_grad():
-        rbm.log_variance.copy_(torch.log(torch.tensor([0.5, 0.9]) ** 2))
+        rbm.layer.log_variance.copy_(torch.log(torch.tensor([0.5, 0.9]) ** 2))
     rbm = rbm.double()
     grid = torch.linspace(-9, 9, 1801, dtype=torch.float64)
     v = torch.cartesian_prod(grid, grid)
     step = float(grid[1] - grid[0])
-    log_z = float(torch.logsumexp(-rbm.free_energy(v).detach(), 0)) + 2 * math.log(step)
+    log_z = float(torch.logsumexp(-rbm.layer.free_energy(v).detach(), 0)) + 2 * math.log(step)
     assert exact_log_partition(rbm) == pytest.approx(log_z, abs=1e-6)
 
 
@@ -99,7 +105,7 @@ def trained_rbm() -> tuple[RBM, torch.Tensor]:
     data = prototypes[torch.randint(0, 6, (3000,), generator=g)]
     data = (data + (torch.rand(data.shape, generator=g) < 0.05).float()) % 2  # flip 5% of the bits
     L.seed_everything(0)
-    rbm = RBM(64, 14, lr=0.1, k=1, num_filters=0)
+    rbm = RBM(64, 14, optimizer=spec("torch.optim.SGD", lr=0.1, momentum=0.5, weight_decay=2e-4), k=1, num_filters=0)
     loader = torch.utils.data.DataLoader(data, batch_size=50, shuffle=True)
     L.Trainer(
         max_epochs=15, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
@@ -109,7 +115,7 @@ def trained_rbm() -> tuple[RBM, torch.Tensor]:
 
 def test_ais_agrees_with_exact_log_partition_on_a_trained_rbm() -> None:
     rbm, data = trained_rbm()
-    assert rbm.W.abs().max() > 1.0  # really trained, not a near-uniform model
+    assert rbm.layer.W.abs().max() > 1.0  # really trained, not a near-uniform model
     exact = exact_log_partition(rbm)
     estimate = estimate_log_partition(rbm, num_chains=100, betas=5_000, data=data, seed=0)
     assert abs(estimate.estimate - exact) < 0.1, (estimate, exact)
@@ -140,7 +146,7 @@ def test_ais_callback_logs_the_held_out_log_likelihood() -> None:
         def val_dataloader(self):
             return torch.utils.data.DataLoader(self.val_data, batch_size=50)
 
-    rbm = RBM(16, 8, lr=0.05, num_filters=0)
+    rbm = RBM(16, 8, optimizer=spec("torch.optim.SGD", lr=0.05, momentum=0.5, weight_decay=2e-4), num_filters=0)
     trainer = L.Trainer(
         max_epochs=2,
         logger=False,

@@ -35,7 +35,7 @@ class ChainDigest(L.Callback):
         self.digest: dict[str, float] = {}
 
     def _record(self, key: str, pl_module: L.LightningModule) -> None:
-        chains = getattr(pl_module, "persistent_chains", None)
+        chains = pl_module.per_rank_state().get("persistent_chains")  # RBM (PCD) or DBM (joint training)
         self.digest[key] = None if chains is None else float(chains.double().sum())
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -40,9 +40,11 @@ from typing import Any
 import lightning as L
 import torch
 
+from helpers.models import dem_rates, meg_rates
 from lightning_ebm.models import DBM, DBN, DEM, MEG, RBM
 from lightning_ebm.models.objectives import jsd_mutual_information
 from lightning_ebm.nn import MLP, StatisticsMLP
+from lightning_ebm.optim import spec
 from lightning_ebm.plugins import SyncBatchNormPlugin
 
 #: Processes of the distributed runs; the global batch is split into this many shares.
@@ -54,15 +56,19 @@ STEPS = 3
 @contextlib.contextmanager
 def deterministic_units() -> Iterator[None]:
     """Binary units take their probability instead of a sample (mean-field Gibbs sweeps)."""
-    import lightning_ebm.models.dbm as dbm_module
-    import lightning_ebm.models.rbm as rbm_module
+    import lightning_ebm.models.rbm as rbm_model
+    import lightning_ebm.nn.dbm as dbm_net
+    import lightning_ebm.nn.rbm as rbm_layer
 
-    saved = rbm_module.sample_bernoulli, dbm_module.sample_bernoulli
-    rbm_module.sample_bernoulli = dbm_module.sample_bernoulli = lambda p: p
+    modules = (rbm_model, rbm_layer, dbm_net)
+    saved = [m.sample_bernoulli for m in modules]
+    for m in modules:
+        m.sample_bernoulli = lambda p: p
     try:
         yield
     finally:
-        rbm_module.sample_bernoulli, dbm_module.sample_bernoulli = saved
+        for m, original in zip(modules, saved):
+            m.sample_bernoulli = original
 
 
 class Data(L.LightningDataModule):
@@ -111,6 +117,9 @@ def rolled_mutual_information(model: MEG) -> Callable[[torch.Tensor, torch.Tenso
     return mutual_information
 
 
+SGD = spec("torch.optim.SGD", lr=0.1, momentum=0.5, weight_decay=2e-4)
+
+
 class GlobalChains(L.Callback):
     """At the start of training each process takes its share of the given global chains."""
 
@@ -121,7 +130,7 @@ class GlobalChains(L.Callback):
         owner = pl_module
         *path, name = self.attribute.split(".")
         for part in path:
-            owner = owner.get_submodule(part) if not part.isdigit() else owner[int(part)]
+            owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
         setattr(owner, name, my_share(self.chains, trainer).to(pl_module.device, pl_module.dtype))
 
 
@@ -143,23 +152,25 @@ def build(name: str) -> tuple[L.LightningModule, torch.Tensor, list[L.Callback],
     if name.startswith("rbm"):
         method = "pcd" if "pcd" in name else "cd"
         sparsity = dict(sparsity_target=0.1, sparsity_cost=0.5) if "sparsity" in name else {}
-        model = RBM(12, 7, method=method, k=2, num_chains=5, lr=0.1, init_std=0.1, num_filters=0, **sparsity)
+        model = RBM(12, 7, method=method, k=2, num_chains=5, optimizer=SGD, init_std=0.1, num_filters=0, **sparsity)
         data = binary_data(12)
         if method == "pcd":
-            callbacks.append(GlobalChains("persistent_chains", chains(5, 12)))
+            callbacks.append(GlobalChains("cd.visible", chains(5, 12)))
     elif name == "dbn":
-        model = DBN([12, 7, 5], layer_epochs=[1, 1], rbm=dict(k=1, lr=0.1, init_std=0.1, num_filters=0))
+        model = DBN([12, 7, 5], layer_epochs=[1, 1], k=1, layer_optimizer=SGD, init_std=0.1, num_filters=0)
         data = binary_data(12)
     elif name == "dbm":
-        model = DBM([12, 7, 5], layer_epochs=[0, 0], lr=0.05, init_std=0.1, num_chains=4, gibbs_steps=2,
-                    mean_field_steps=3, lr_decay="none")  # fmt: skip
+        joint = spec("torch.optim.SGD", lr=0.05, momentum=0.5, weight_decay=2e-4)
+        momentum = spec("lightning_ebm.optim.Schedule", final_momentum=0.9, momentum_epochs=5)
+        model = DBM([12, 7, 5], layer_epochs=[0, 0], optimizer=joint, lr_schedule=momentum, init_std=0.1,
+                    num_chains=4, gibbs_steps=2, mean_field_steps=3)  # fmt: skip
         data = binary_data(12)
         callbacks.append(GlobalChains("persistent_chains", chains(4, 12 + 7 + 5)))
     elif name.startswith("dem"):
         model = DEM(
             feature_net=MLP(2, [16], 16, output_activation="tanh"),
             generator=MLP(3, [16, 16], 2, batch_norm=True),
-            latent_dim=3, num_experts=4, optimizer="adagrad", energy_lr=0.01, generator_lr=0.01,
+            latent_dim=3, num_experts=4, **dem_rates(0.01, 0.01),
             gradient_penalty=0.5, energy_steps=2,
         )  # fmt: skip
         model.latent = FixedLatent(model, 3)
@@ -171,7 +182,7 @@ def build(name: str) -> tuple[L.LightningModule, torch.Tensor, list[L.Callback],
             energy_net=MLP(2, [16, 16], 1, activation="leaky_relu"),
             generator=MLP(2, [16], 2),
             statistics_net=StatisticsMLP(2, 2, [16]),
-            latent_dim=2, gradient_penalty=0.5, energy_steps=2, energy_lr=0.01, generator_lr=0.01, statistics_lr=0.01,
+            latent_dim=2, gradient_penalty=0.5, energy_steps=2, **meg_rates(0.01, 0.01, 0.01),
         )  # fmt: skip
         model.latent = FixedLatent(model, 2)
         model.mutual_information = rolled_mutual_information(model)

@@ -13,13 +13,18 @@ from lightning_ebm.errors import UserError
 from lightning_ebm.evaluation import estimate_log_partition, exact_log_likelihood, exact_log_partition, log_likelihood
 from lightning_ebm.models import DBM
 from lightning_ebm.models.dbm import pretraining_scales
+from lightning_ebm.optim import spec
+
+
+def sgd(lr: float) -> dict:
+    return spec("torch.optim.SGD", lr=lr, momentum=0.5, weight_decay=2e-4)
 
 
 def random_dbm(sizes: list[int], scale: float = 0.8, seed: int = 0) -> DBM:
     torch.manual_seed(seed)
     dbm = DBM(sizes, init_std=scale)
     with torch.no_grad():
-        for b in dbm.biases:
+        for b in dbm.net.biases:
             b.normal_(0, 0.5)
     return dbm.double()
 
@@ -28,7 +33,7 @@ def brute_force_log_joint(dbm: DBM) -> torch.Tensor:
     """``-E(x)`` of every joint state, shape ``(2^n_0, 2^n_1, ...)``."""
     states = [all_states(n) for n in dbm.layer_sizes]
     index = torch.cartesian_prod(*[torch.arange(len(s)) for s in states])
-    log_joint = -dbm.joint_energy([s[index[:, i]] for i, s in enumerate(states)])
+    log_joint = -dbm.net.joint_energy([s[index[:, i]] for i, s in enumerate(states)])
     return log_joint.reshape(*[len(s) for s in states])
 
 
@@ -65,13 +70,13 @@ def test_mean_field_bound_is_below_and_close_to_the_exact_log_likelihood() -> No
 def test_mean_field_reaches_a_fixed_point_and_never_lowers_the_bound() -> None:
     dbm = random_dbm([8, 6, 5, 4], scale=0.5)
     v = torch.bernoulli(torch.full((20, 8), 0.5, dtype=torch.float64))
-    bounds = [-dbm.mean_field_free_energy(dbm.mean_field(v, steps)) for steps in range(0, 30)]
+    bounds = [-dbm.net.mean_field_free_energy(dbm.net.mean_field(v, steps)) for steps in range(0, 30)]
     for before, after in zip(bounds, bounds[1:]):
         assert (after >= before - 1e-10).all()  # coordinate ascent
-    mu = dbm.mean_field(v, 200)
-    for layer in range(1, dbm.num_layers):  # Eq. (3)'s fixed-point equations hold
-        torch.testing.assert_close(mu[layer], torch.sigmoid(dbm.layer_input(mu, layer)), atol=1e-10, rtol=0)
-    converged = dbm.mean_field(v, 1000, tol=1e-9)
+    mu = dbm.net.mean_field(v, 200)
+    for layer in range(1, dbm.net.num_layers):  # Eq. (3)'s fixed-point equations hold
+        torch.testing.assert_close(mu[layer], torch.sigmoid(dbm.net.layer_input(mu, layer)), atol=1e-10, rtol=0)
+    converged = dbm.net.mean_field(v, 1000, tol=1e-9)
     for a, b in zip(mu[1:], converged[1:]):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
 
@@ -87,19 +92,19 @@ def test_gibbs_sweeps_reach_the_exact_distribution() -> None:
 def test_update_is_the_hand_derived_stochastic_approximation() -> None:
     dbm = random_dbm([6, 5, 4], scale=0.3)
     v = torch.bernoulli(torch.full((7, 6), 0.4, dtype=torch.float64))
-    mu = dbm.mean_field(v, 10)
-    chains = dbm.split_layers(dbm.random_states(9))
+    mu = dbm.net.mean_field(v, 10)
+    chains = dbm.net.split_layers(dbm.net.random_states(9))
     loss = dbm.stochastic_approximation_surrogate(mu, chains)
     loss.backward()
     # The update (minus the gradient) is <x_l x_{l+1}^T>_data - <x_l x_{l+1}^T>_model, from mu and the chains.
-    for i, W in enumerate(dbm.weights):
+    for i, W in enumerate(dbm.net.weights):
         want = mu[i].t() @ mu[i + 1] / 7 - chains[i].t() @ chains[i + 1] / 9
         torch.testing.assert_close(-W.grad, want)
-    for i, b in enumerate(dbm.biases):
+    for i, b in enumerate(dbm.net.biases):
         torch.testing.assert_close(-b.grad, mu[i].mean(0) - chains[i].mean(0))
     # ... which is the gradient of mean E(data) - mean E(model) with mu and the chains held fixed.
-    params = [*dbm.weights, *dbm.biases]
-    energy_gap = dbm.joint_energy([m.detach() for m in mu]).mean() - dbm.joint_energy(chains).mean()
+    params = [*dbm.net.weights, *dbm.net.biases]
+    energy_gap = dbm.net.joint_energy([m.detach() for m in mu]).mean() - dbm.net.joint_energy(chains).mean()
     for p, g in zip(params, torch.autograd.grad(energy_gap, params)):
         torch.testing.assert_close(p.grad, g)
 
@@ -108,22 +113,22 @@ def test_pretraining_doubles_exactly_the_inputs_of_the_paper() -> None:
     assert pretraining_scales(2) == [(2.0, 1.0), (1.0, 2.0)]  # first: bottom-up 2 W; last: top-down 2 W
     assert pretraining_scales(3) == [(2.0, 1.0), (2.0, 2.0), (1.0, 2.0)]  # middle: both
     dbm = DBM([5, 4, 3, 2], layer_epochs=[1, 1, 1]).double()
-    for rbm, (up, down) in zip(dbm.rbms, pretraining_scales(3)):
+    for rbm, (up, down) in zip(dbm.layers, pretraining_scales(3)):
         with torch.no_grad():
             rbm.W.normal_()
             rbm.visible_bias.normal_()
             rbm.hidden_bias.normal_()
-        x = torch.rand(4, rbm.hparams.n_visible, dtype=torch.float64)
-        h = torch.rand(4, rbm.hparams.n_hidden, dtype=torch.float64)
+        x = torch.rand(4, rbm.n_visible, dtype=torch.float64)
+        h = torch.rand(4, rbm.n_hidden, dtype=torch.float64)
         torch.testing.assert_close(rbm.hidden_probs(x), torch.sigmoid(rbm.hidden_bias + up * x @ rbm.W))
         torch.testing.assert_close(rbm.visible_mean(h), torch.sigmoid(rbm.visible_bias + down * h @ rbm.W.t()))
     dbm.compose_pretrained()
-    for i, rbm in enumerate(dbm.rbms):
-        torch.testing.assert_close(dbm.weights[i], rbm.W)
-    torch.testing.assert_close(dbm.biases[0], dbm.rbms[0].visible_bias)
-    torch.testing.assert_close(dbm.biases[3], dbm.rbms[2].hidden_bias)
+    for i, rbm in enumerate(dbm.layers):
+        torch.testing.assert_close(dbm.net.weights[i], rbm.W)
+    torch.testing.assert_close(dbm.net.biases[0], dbm.layers[0].visible_bias)
+    torch.testing.assert_close(dbm.net.biases[3], dbm.layers[2].hidden_bias)
     for i in (1, 2):  # a shared layer's bias: the mean of its two RBMs' biases
-        torch.testing.assert_close(dbm.biases[i], (dbm.rbms[i - 1].hidden_bias + dbm.rbms[i].visible_bias) / 2)
+        torch.testing.assert_close(dbm.net.biases[i], (dbm.layers[i - 1].hidden_bias + dbm.layers[i].visible_bias) / 2)
     assert bool(dbm.composed)
 
 
@@ -134,8 +139,8 @@ def test_pretraining_then_joint_training_learns_bars_and_stripes() -> None:
     L.seed_everything(0)
     data = BARS_AND_STRIPES.repeat(32, 1)
     dbm = DBM(
-        [9, 12, 8], layer_epochs=[20, 20], rbm=dict(method="cd", k=5, lr=0.1, num_filters=0),
-        lr=0.1, num_chains=100, gibbs_steps=5, mean_field_steps=10,
+        [9, 12, 8], layer_epochs=[20, 20], method="cd", k=5, layer_optimizer=sgd(0.1), num_filters=0,
+        optimizer=sgd(0.1), num_chains=100, gibbs_steps=5, mean_field_steps=10,
     )  # fmt: skip
     untrained = float(exact_log_likelihood(dbm, BARS_AND_STRIPES).mean())
     trainer(60).fit(dbm, datamodule=TensorData(data, batch_size=32))
@@ -155,8 +160,8 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path, stop_after: int) ->
     def run(ckpt=None, stop_after: int | None = None) -> DBM:
         L.seed_everything(0)
         dbm = DBM(
-            [9, 5, 4], layer_epochs=[1, 2], rbm=dict(method="pcd", num_chains=7, num_filters=0),
-            lr=0.01, num_chains=11, gibbs_steps=2, mean_field_steps=3,
+            [9, 5, 4], layer_epochs=[1, 2], method="pcd", layer_num_chains=7, num_filters=0,
+            optimizer=sgd(0.01), num_chains=11, gibbs_steps=2, mean_field_steps=3,
         )  # fmt: skip
         callbacks = [StopAfter(stop_after)] if stop_after else []
         t = trainer(5, default_root_dir=tmp_path, callbacks=callbacks)
@@ -171,9 +176,9 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path, stop_after: int) ->
     for name, p in full.named_parameters():
         torch.testing.assert_close(resumed.get_parameter(name), p, msg=name)
     torch.testing.assert_close(resumed.persistent_chains, full.persistent_chains)
-    torch.testing.assert_close(resumed.rbms[1].persistent_chains, full.rbms[1].persistent_chains)
+    torch.testing.assert_close(resumed.cd[1].visible, full.cd[1].visible)
     restored = DBM.load_from_checkpoint(tmp_path / "stop.ckpt")
-    assert bool(restored.composed) == (stop_after > 3) and restored.rbms[1].persistent_chains.shape == (7, 5)
+    assert bool(restored.composed) == (stop_after > 3) and restored.cd[1].visible.shape == (7, 5)
     if stop_after > 3:  # the joint phase's fantasy particles travel in the checkpoint
         assert restored.persistent_chains.shape == (11, 9 + 5 + 4)
 
@@ -181,7 +186,7 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path, stop_after: int) ->
 def test_sample_shapes_and_errors() -> None:
     dbm = DBM([12, 5, 3], data_shape=[1, 3, 4], sample_mean=True)
     assert dbm.sample(4, num_steps=2).shape == (4, 1, 3, 4)
-    dbm.persistent_chains = dbm.random_states(2)
+    dbm.persistent_chains = dbm.net.random_states(2)
     assert dbm.sample(5, num_steps=1, start="chains").shape == (5, 1, 3, 4)
     assert dbm.energy(torch.zeros(3, 1, 3, 4)).shape == (3,)
     with pytest.raises(ValueError, match="layer_epochs needs one number"):

@@ -12,13 +12,18 @@ from helpers.boltzmann import BARS_AND_STRIPES, StopAfter, TensorData, all_state
 
 from lightning_ebm.evaluation import estimate_log_partition, exact_log_likelihood, exact_log_partition, log_likelihood
 from lightning_ebm.models import DBN
+from lightning_ebm.optim import spec
+
+
+def sgd(lr: float) -> dict:
+    return spec("torch.optim.SGD", lr=lr, momentum=0.5, weight_decay=2e-4)
 
 
 def random_dbn(sizes: list[int], scale: float = 0.8, seed: int = 0, **kwargs) -> DBN:
     torch.manual_seed(seed)
     dbn = DBN(sizes, [1] * (len(sizes) - 1), **kwargs)
     with torch.no_grad():
-        for rbm in dbn.rbms:
+        for rbm in dbn.layers:
             rbm.W.normal_(0, scale)
             rbm.visible_bias.normal_(0, 0.5)
             rbm.hidden_bias.normal_(0, 0.5)
@@ -32,8 +37,8 @@ def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def brute_force(dbn: DBN, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ``log p(v)`` and the exact bound (1) of a 2-hidden-layer DBN, enumerating ``h1``."""
-    bottom, top = dbn.rbms
-    h = all_states(bottom.hparams.n_hidden)
+    bottom, top = dbn.layers
+    h = all_states(bottom.n_hidden)
     log_prior = -top.free_energy(h)
     log_prior = log_prior - torch.logsumexp(log_prior, 0)  # log p_top(h1)
     log_lik = log_bernoulli(v, bottom.visible_bias + h @ bottom.W.t())  # log p(v | h1), (v, h1)
@@ -68,8 +73,8 @@ def test_variational_bound_is_below_the_exact_log_likelihood() -> None:
 def test_one_layer_dbn_is_its_rbm() -> None:
     dbn = random_dbn([6, 4])
     v = all_states(6)
-    torch.testing.assert_close(dbn.energy(v), dbn.rbms[0].free_energy(v))
-    torch.testing.assert_close(exact_log_likelihood(dbn, v), exact_log_likelihood(dbn.rbms[0], v))
+    torch.testing.assert_close(dbn.energy(v), dbn.layers[0].free_energy(v))
+    torch.testing.assert_close(exact_log_likelihood(dbn, v), dbn.layers[0].exact_log_likelihood(v))
 
 
 def test_a_tied_second_layer_leaves_the_likelihood_of_the_first_rbm() -> None:
@@ -89,7 +94,7 @@ def test_ais_estimates_the_top_rbms_log_partition() -> None:
     dbn = random_dbn([6, 5, 8]).float()
     data = torch.bernoulli(torch.full((40, 6), 0.3))
     estimate = estimate_log_partition(dbn, num_chains=200, betas=2000, data=data, seed=0)
-    assert abs(estimate.estimate - exact_log_partition(dbn.rbms[1])) < 0.1
+    assert abs(estimate.estimate - dbn.layers[1].exact_log_partition()) < 0.1
 
 
 class LayerLog(L.Callback):
@@ -100,18 +105,18 @@ class LayerLog(L.Callback):
         self.logged: list[set[str]] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.before = [rbm.W.detach().clone() for rbm in pl_module.rbms]
+        self.before = [rbm.W.detach().clone() for rbm in pl_module.layers]
         self.metrics = {k: v.clone() for k, v in trainer.logged_metrics.items()}
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.changed.append([i for i, rbm in enumerate(pl_module.rbms) if not torch.equal(rbm.W, self.before[i])])
+        self.changed.append([i for i, rbm in enumerate(pl_module.layers) if not torch.equal(rbm.W, self.before[i])])
         fresh = [k for k, v in trainer.logged_metrics.items() if k not in self.metrics or v != self.metrics[k]]
         self.logged.append({k.split("/")[1] for k in fresh if k.startswith("train/layer")})
 
 
 def test_greedy_schedule_trains_one_layer_at_a_time_and_stops() -> None:
     L.seed_everything(0)
-    dbn = DBN([9, 6, 5], layer_epochs=[2, 1], rbm=dict(k=1, lr=0.1, num_filters=0))
+    dbn = DBN([9, 6, 5], layer_epochs=[2, 1], k=1, layer_optimizer=sgd(0.1), num_filters=0)
     record = LayerLog()
     t = trainer(10, callbacks=[record], log_every_n_steps=1)
     t.fit(dbn, datamodule=TensorData(BARS_AND_STRIPES.repeat(8, 1), batch_size=16))
@@ -126,7 +131,7 @@ def test_resumed_run_continues_in_the_right_layer() -> None:
 
     def run(tmp_path, ckpt=None, stop_after: int | None = None) -> DBN:
         L.seed_everything(0)
-        dbn = DBN([9, 6, 9], layer_epochs=[2, 2], rbm=dict(method="pcd", num_chains=5, lr=0.05, num_filters=0))
+        dbn = DBN([9, 6, 9], layer_epochs=[2, 2], method="pcd", num_chains=5, layer_optimizer=sgd(0.05), num_filters=0)
         callbacks = [StopAfter(stop_after)] if stop_after else []
         t = trainer(4, default_root_dir=tmp_path, callbacks=callbacks)
         t.fit(dbn, datamodule=TensorData(data, batch_size=16), ckpt_path=ckpt)
@@ -140,8 +145,8 @@ def test_resumed_run_continues_in_the_right_layer() -> None:
         resumed = run(tmp_path, ckpt=tmp_path / f"stop{stop_after}.ckpt")
         for name, p in full.named_parameters():
             torch.testing.assert_close(resumed.get_parameter(name), p, msg=name)
-        for a, b in zip(full.rbms, resumed.rbms):
-            torch.testing.assert_close(a.persistent_chains, b.persistent_chains)
+        for a, b in zip(full.cd, resumed.cd):
+            torch.testing.assert_close(a.visible, b.visible)
 
     import tempfile
     from pathlib import Path
@@ -157,7 +162,7 @@ def test_dbn_bound_is_no_worse_than_its_first_rbm() -> None:
     L.seed_everything(0)
     data = BARS_AND_STRIPES.repeat(32, 1).double()
     v = BARS_AND_STRIPES.double()
-    dbn = DBN([9, 8, 9], layer_epochs=[30, 30], rbm=dict(method="cd", k=5, lr=0.1, num_filters=0)).double()
+    dbn = DBN([9, 8, 9], layer_epochs=[30, 30], method="cd", k=5, layer_optimizer=sgd(0.1), num_filters=0).double()
     first_rbm: list[float] = []
 
     class FirstRBM(L.Callback):
@@ -183,13 +188,13 @@ def test_sample_shapes() -> None:
 
 def test_resuming_a_finished_dbn_with_more_epochs_does_nothing(tmp_path) -> None:
     L.seed_everything(0)
-    dbn = DBN([9, 6, 5], layer_epochs=[1, 1], rbm=dict(num_filters=0))
+    dbn = DBN([9, 6, 5], layer_epochs=[1, 1], num_filters=0)
     data = TensorData(BARS_AND_STRIPES.repeat(4, 1), batch_size=16)
     t = trainer(2, default_root_dir=tmp_path)
     t.fit(dbn, datamodule=data)
     t.save_checkpoint(tmp_path / "done.ckpt")
-    weights = [rbm.W.detach().clone() for rbm in dbn.rbms]
+    weights = [rbm.W.detach().clone() for rbm in dbn.layers]
     with pytest.warns(UserWarning, match="already trained"):
         trainer(5, default_root_dir=tmp_path).fit(dbn, datamodule=data, ckpt_path=tmp_path / "done.ckpt")
-    for rbm, w in zip(dbn.rbms, weights):
+    for rbm, w in zip(dbn.layers, weights):
         torch.testing.assert_close(rbm.W, w)

@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from helpers.models import tiny_dem
+from helpers.models import dem_rates, linear_decay, manual_optimisation, tiny_dem
 from torch import nn
 
 from lightning_ebm.datamodules import Toy2DDataModule
@@ -54,15 +54,13 @@ def test_energy_loss_gradient_is_the_negative_phase_estimate() -> None:
 
 def _manual_step(model: DEM, x: torch.Tensor) -> None:
     """One training step outside a Trainer (plain optimisers)."""
-    opt_energy, opt_generator = model.configure_optimizers()
-    model.optimizers = lambda: (opt_energy, opt_generator)  # type: ignore[method-assign]
-    model.manual_backward = lambda loss: loss.backward()  # type: ignore[method-assign]
+    manual_optimisation(model)
     model.training_step(x, 0)
 
 
 def test_each_update_moves_its_loss_the_right_way() -> None:
     torch.manual_seed(0)
-    model = tiny_dem(energy_lr=0.05, generator_lr=0.05)
+    model = tiny_dem(**dem_rates(0.05, 0.05))
     x = torch.randn(128, 2)
     z = model.latent(128)
     energy_before = {k: v.clone() for k, v in model.energy_net.state_dict().items()}
@@ -70,7 +68,7 @@ def test_each_update_moves_its_loss_the_right_way() -> None:
     # generator step: its loss on the same z goes down, and the energy is untouched
     torch.manual_seed(5)
     g_before, _ = model.generator_loss(z)
-    opt_energy, opt_generator = model.configure_optimizers()
+    opt_energy, opt_generator = model.configure_optimizers()[0]
     model.energy_net.requires_grad_(False)
     opt_generator.zero_grad()
     g_before.backward()
@@ -134,12 +132,12 @@ def test_image_model_shapes() -> None:
 def test_bad_options_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="latent_distribution"):
         tiny_dem(latent_distribution="laplace")
-    with pytest.raises(ValueError, match="optimizer"):
-        tiny_dem(optimizer="sgd")
+    with pytest.raises(ValueError, match="energy_optimizer must be an optimiser"):
+        tiny_dem(energy_optimizer="sgd")
 
 
 def test_load_from_checkpoint_needs_only_the_path(tmp_path) -> None:
-    model = tiny_dem(num_experts=3, energy_lr=0.123)
+    model = tiny_dem(num_experts=3, **dem_rates(0.123, 0.01))
     dm = Toy2DDataModule(name="8gaussians", num_samples=512, batch_size=128)
     trainer = L.Trainer(
         max_epochs=1,
@@ -153,7 +151,7 @@ def test_load_from_checkpoint_needs_only_the_path(tmp_path) -> None:
     path = tmp_path / "dem.ckpt"
     trainer.save_checkpoint(path)
     loaded = DEM.load_from_checkpoint(path)
-    assert loaded.hparams.num_experts == 3 and loaded.hparams.energy_lr == 0.123
+    assert loaded.hparams.num_experts == 3 and loaded.hparams.energy_optimizer["init_args"]["lr"] == 0.123
     x = torch.randn(20, 2)
     torch.testing.assert_close(loaded.energy(x), model.energy(x))
     z = torch.rand(8, 4) * 2 - 1
@@ -177,7 +175,7 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path) -> None:
 
     def fit(max_steps: int, ckpt: str | None = None, save: str | None = None) -> DEM:
         L.seed_everything(0)
-        model = tiny_dem(energy_lr=0.05, generator_lr=0.05)
+        model = tiny_dem(**dem_rates(0.05, 0.05))
         dm = Toy2DDataModule(name="8gaussians", num_samples=1280, batch_size=128)
         trainer = L.Trainer(
             max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -250,7 +248,7 @@ def test_lr_decay_is_linear_to_zero_for_both_players_and_resumes(tmp_path) -> No
 
     def fit(kill_at: int | None = None, ckpt: str | None = None) -> tuple[DEM, Watch]:
         L.seed_everything(0)
-        model = tiny_dem(energy_lr=0.04, generator_lr=0.02, lr_decay="linear", lr_decay_start=0.5)
+        model = tiny_dem(**dem_rates(0.04, 0.02), lr_schedule=linear_decay(0.5))
         watch = Watch(kill_at)
         trainer = L.Trainer(
             max_steps=2 * 20, logger=False, enable_checkpointing=False, enable_progress_bar=False,

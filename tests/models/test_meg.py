@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers.models import linear_decay, manual_optimisation, meg_rates
 from torch import Tensor, nn
 
 from lightning_ebm.models import MEG
@@ -186,10 +187,7 @@ def test_sample_without_mcmc_is_the_generator_in_eval_mode() -> None:
 
 # ---------------------------------------------------------------------------- training
 def _manual_optimisation(model: MEG) -> list[torch.optim.Optimizer]:
-    optimizers = model.configure_optimizers()
-    model.optimizers = lambda: optimizers  # type: ignore[method-assign]
-    model.manual_backward = lambda loss: loss.backward()  # type: ignore[method-assign]
-    return optimizers
+    return manual_optimisation(model)
 
 
 def _adam_steps(optimizer: torch.optim.Optimizer) -> int:
@@ -281,7 +279,9 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, lr_decay: s
     def fit(ckpt: str | None = None, kill: bool = False) -> tuple[MEG, L.Trainer]:
         L.seed_everything(0)
         model = tiny_meg(
-            energy_steps=3, energy_lr=1e-3, generator_lr=1e-3, statistics_lr=1e-3, lr_decay=lr_decay, lr_decay_start=0.2
+            energy_steps=3,
+            **meg_rates(1e-3, 1e-3, 1e-3),
+            lr_schedule=linear_decay(0.2) if lr_decay == "linear" else None,
         )
         trainer = L.Trainer(
             max_steps=34, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -310,15 +310,19 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, lr_decay: s
 
 
 def test_linear_decay_is_constant_then_falls_linearly_to_zero() -> None:
-    from lightning_ebm.optim import LinearDecay
+    from lightning_ebm.optim import Schedule
 
-    decay = LinearDecay(total_steps=10, start=0.6)
-    factors = [decay(step) for step in range(12)]
+    def decay(total_steps: int, start: float = 0.0) -> Schedule:
+        schedule = Schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), linear_decay_start=start)
+        schedule.set_phase(total_steps)
+        return schedule
+
+    factors = [decay(10, 0.6).factor(step) for step in range(12)]
     assert factors[:7] == [1.0] * 7  # constant until step 6 = 0.6 * 10
     torch.testing.assert_close(torch.tensor(factors[6:]), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0, 0.0]))
-    assert LinearDecay(4)(0) == 1.0 and LinearDecay(4)(2) == 0.5
-    with pytest.raises(ValueError, match="start"):
-        LinearDecay(10, start=1.0)
+    assert decay(4).factor(0) == 1.0 and decay(4).factor(2) == 0.5
+    with pytest.raises(ValueError, match="linear_decay_start"):
+        decay(10, start=1.0)
 
 
 def test_lr_decay_ends_the_run_at_zero_for_all_three_players(tmp_path) -> None:
@@ -332,7 +336,7 @@ def test_lr_decay_ends_the_run_at_zero_for_all_three_players(tmp_path) -> None:
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: MEG) -> None:
             rates.append([opt.param_groups[0]["lr"] for opt in trainer.optimizers])
 
-    model = tiny_meg(energy_lr=1e-3, generator_lr=2e-3, statistics_lr=3e-3, lr_decay="linear", lr_decay_start=0.5)
+    model = tiny_meg(**meg_rates(1e-3, 2e-3, 3e-3), lr_schedule=linear_decay(0.5))
     trainer = L.Trainer(
         max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
         default_root_dir=tmp_path, enable_model_summary=False, callbacks=[Rates()],
@@ -341,7 +345,7 @@ def test_lr_decay_ends_the_run_at_zero_for_all_three_players(tmp_path) -> None:
     assert rates == [[1e-3, 2e-3, 3e-3], [0.0, 0.0, 0.0]]
     # max_steps counts optimiser steps: 5 energy updates per generator update make 7 per 5 batches.
     trainer = L.Trainer(max_steps=70, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    model = tiny_meg(energy_steps=5, lr_decay="linear")
+    model = tiny_meg(energy_steps=5, lr_schedule=linear_decay(0.0))
     model.trainer = trainer
     assert model.training_batches() == 50
 

@@ -12,81 +12,30 @@ from helpers.boltzmann import BARS_AND_STRIPES, StopAfter, TensorData, all_state
 
 from lightning_ebm.evaluation import exact_log_partition
 from lightning_ebm.models import RBM
+from lightning_ebm.optim import spec
 
 
 def random_rbm(n_visible: int, n_hidden: int, scale: float = 1.0, **kwargs) -> RBM:
     rbm = RBM(n_visible, n_hidden, init_std=scale, **kwargs)
     with torch.no_grad():
-        rbm.visible_bias.normal_(0, scale)
-        rbm.hidden_bias.normal_(0, scale)
+        rbm.layer.visible_bias.normal_(0, scale)
+        rbm.layer.hidden_bias.normal_(0, scale)
     return rbm.double()
 
 
-def test_free_energy_sums_out_the_hidden_units() -> None:
-    rbm = random_rbm(5, 4)
-    v, h = all_states(5), all_states(4)
-    joint = torch.stack([rbm.joint_energy(v, hh.expand(v.shape[0], -1)) for hh in h], 1)
-    torch.testing.assert_close(rbm.free_energy(v), -torch.logsumexp(-joint, 1))
+def sgd(lr: float = 0.1, momentum: float = 0.5, weight_decay: float = 2e-4) -> dict:
+    """Hinton's SGD with these settings (weight decay on ``W`` only)."""
+    return spec("torch.optim.SGD", lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def test_gaussian_free_energy_sums_out_the_hidden_units() -> None:
-    rbm = random_rbm(3, 4, visible="gaussian", sigma=0.8, learn_sigma=True)
-    with torch.no_grad():
-        rbm.log_variance.copy_(torch.log(torch.tensor([0.3, 0.7, 1.1]) ** 2))
-    v = torch.randn(6, 3, dtype=torch.float64)
-    h = all_states(4)
-    joint = torch.stack([rbm.joint_energy(v, hh.expand(6, -1)) for hh in h], 1)
-    torch.testing.assert_close(rbm.free_energy(v), -torch.logsumexp(-joint, 1))
-
-
-def test_conditionals_match_the_joint_distribution() -> None:
-    rbm = random_rbm(4, 3)
-    v, h = all_states(4), all_states(3)
-    joint = torch.stack([-rbm.joint_energy(v, hh.expand(16, -1)) for hh in h], 1)  # log p~(v, h)
-    p_h_given_v = torch.softmax(joint, 1)  # (16 v, 8 h)
-    torch.testing.assert_close(rbm.hidden_probs(v), p_h_given_v @ h)
-    p_v_given_h = torch.softmax(joint, 0)
-    torch.testing.assert_close(rbm.visible_mean(h), p_v_given_h.t() @ v)
-
-
-def test_cd_gradient_is_the_closed_form_update() -> None:
-    rbm = random_rbm(6, 5, scale=0.5)
-    v_data = torch.bernoulli(torch.full((7, 6), 0.4, dtype=torch.float64))
-    v_model = torch.bernoulli(torch.full((7, 6), 0.6, dtype=torch.float64))
-    rbm.cd_loss(v_data, v_model).backward()
-    ph_data, ph_model = rbm.hidden_probs(v_data).detach(), rbm.hidden_probs(v_model).detach()
-    # Hinton (2010), Eq. 9-10 with probabilities for the hidden states: descent direction = -gradient.
-    dW = v_data.t() @ ph_data / 7 - v_model.t() @ ph_model / 7
-    torch.testing.assert_close(-rbm.W.grad, dW)
-    torch.testing.assert_close(-rbm.visible_bias.grad, v_data.mean(0) - v_model.mean(0))
-    torch.testing.assert_close(-rbm.hidden_bias.grad, ph_data.mean(0) - ph_model.mean(0))
-
-
-def test_gaussian_variance_gradient_is_cho_et_al() -> None:
-    """d F / d z_i with z_i = log sigma_i^2 (Cho et al. 2011):
-    -(v_i - b_i)^2 / (2 sigma_i^2) + v_i / sigma_i^2 * sum_j W_ij p(h_j | v)."""
-    rbm = random_rbm(4, 3, scale=0.5, visible="gaussian", sigma=0.8, learn_sigma=True)
-    v = torch.randn(5, 4, dtype=torch.float64)
-    rbm.free_energy(v).sum().backward()
-    var = rbm.variance.detach()
-    ph = rbm.hidden_probs(v).detach()
-    b, W = rbm.visible_bias.detach(), rbm.W.detach()
-    expected = (-((v - b) ** 2) / (2 * var) + v / var * (ph @ W.t())).sum(0)
-    torch.testing.assert_close(rbm.log_variance.grad, expected)
-
-
-def test_sparsity_term_gradient_is_hintons_rule() -> None:
-    rbm = random_rbm(5, 3, sparsity_target=0.1, sparsity_cost=0.5, sparsity_decay=0.0)
-    v = torch.bernoulli(torch.full((8, 5), 0.5, dtype=torch.float64))
-    rbm.sparsity_loss(v).backward()
-    excess = rbm.hidden_probs(v).detach().mean(0) - 0.1  # q with decay 0 is this batch's mean
-    torch.testing.assert_close(rbm.hidden_bias.grad, 0.5 * excess)
-    torch.testing.assert_close(rbm.W.grad, 0.5 * v.mean(0)[:, None] * excess[None, :])
+def schedule(**kwargs) -> dict:
+    """The recipe's momentum schedule (0.9 after 5 epochs) with ``kwargs``."""
+    return spec("lightning_ebm.optim.Schedule", **{"final_momentum": 0.9, "momentum_epochs": 5, **kwargs})
 
 
 def exact_visible_distribution(rbm: RBM) -> torch.Tensor:
     v = all_states(rbm.hparams.n_visible)
-    return torch.softmax(-rbm.free_energy(v.to(rbm.W)).double(), 0)
+    return torch.softmax(-rbm.layer.free_energy(v.to(rbm.layer.W)).double(), 0)
 
 
 def test_gibbs_chains_reach_the_exact_distribution() -> None:
@@ -100,13 +49,13 @@ def test_sample_shapes_and_starts() -> None:
     rbm = RBM(12, 5, data_shape=[1, 3, 4])
     assert rbm.sample(7, num_steps=2).shape == (7, 1, 3, 4)
     assert rbm.sample(3, num_steps=0, start=torch.ones(3, 1, 3, 4)).eq(1).all()
-    rbm.persistent_chains = torch.zeros(2, 12)
+    rbm.cd.set_chains(torch.zeros(2, 12))
     assert rbm.sample(4, num_steps=0, start="chains").shape == (4, 1, 3, 4)
     g = RBM(3, 2, visible="gaussian", sample_mean=True)
     assert g.sample(5, num_steps=3).dtype == torch.float32
     with pytest.raises(ValueError, match="n_visible"):
         RBM(10, 2, data_shape=[3, 3])
-    with pytest.raises(ValueError, match="method must be one of cd, pcd"):
+    with pytest.raises(ValueError, match="method must be one of 'cd', 'pcd'"):
         RBM(4, 2, method="pdc")
 
 
@@ -118,7 +67,10 @@ def exact_mean_log_likelihood(rbm: RBM, data: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     "settings",
-    [dict(method="cd", k=5, lr=0.1), dict(method="pcd", k=1, lr=0.05, lr_decay="linear")],
+    [
+        dict(method="cd", k=5, optimizer=sgd(lr=0.1)),
+        dict(method="pcd", k=1, optimizer=sgd(lr=0.05), lr_schedule=schedule(linear_decay_start=0.0)),
+    ],
     ids=["cd5", "pcd1"],
 )
 def test_learns_bars_and_stripes(settings: dict) -> None:
@@ -137,16 +89,16 @@ def test_learns_bars_and_stripes(settings: dict) -> None:
 
 def test_visible_bias_initialised_from_data_means() -> None:
     data = torch.bernoulli(torch.linspace(0.05, 0.95, 6).expand(4000, 6))
-    rbm = RBM(6, 3, lr=0.0, num_filters=0)
+    rbm = RBM(6, 3, optimizer=sgd(lr=0.0), num_filters=0)
     trainer(1, limit_train_batches=1).fit(rbm, datamodule=TensorData(data, batch_size=100))
-    p = torch.sigmoid(rbm.visible_bias.detach())
+    p = torch.sigmoid(rbm.layer.visible_bias.detach())
     torch.testing.assert_close(p, data.mean(0) * 0.99 + 0.005, atol=1e-4, rtol=0)
 
 
 def test_one_step_is_sgd_with_momentum_and_weight_decay_on_w_only() -> None:
     L.seed_everything(0)
     data = torch.bernoulli(torch.full((20, 6), 0.3))
-    rbm = RBM(6, 4, lr=0.1, weight_decay=0.01, momentum=0.5, init_visible_bias=False, num_filters=0)
+    rbm = RBM(6, 4, optimizer=sgd(lr=0.1, weight_decay=0.01, momentum=0.5), init_visible_bias=False, num_filters=0)
     start = {k: v.clone() for k, v in rbm.state_dict().items()}
     torch.manual_seed(1)
     trainer(1, limit_train_batches=2).fit(rbm, datamodule=TensorData(data, batch_size=10))
@@ -160,15 +112,16 @@ def test_one_step_is_sgd_with_momentum_and_weight_decay_on_w_only() -> None:
     for _ in range(2):
         v = next(loader)
         with torch.no_grad():
-            v_model, _ = hand.negative_phase(v)
-        grads = torch.autograd.grad(hand.cd_loss(v, v_model), list(hand.parameters()))
+            v_model, _ = hand.cd.negative_phase(hand.layer, v)
+        grads = torch.autograd.grad(hand.layer.cd_loss(v, v_model), list(hand.parameters()))
         with torch.no_grad():
             for (name, p), g in zip(hand.named_parameters(), grads):
-                g = g + 0.01 * p if name == "W" else g
+                g = g + 0.01 * p if name == "layer.W" else g
                 velocity[name] = 0.5 * velocity[name] + g
                 p -= 0.1 * velocity[name]
+    trained = dict(rbm.named_parameters())
     for name, p in hand.named_parameters():
-        torch.testing.assert_close(getattr(rbm, name), p, msg=name)
+        torch.testing.assert_close(trained[name], p, msg=name)
 
 
 def test_gaussian_rbm_learns_mean_and_variance() -> None:
@@ -185,14 +138,13 @@ def test_gaussian_rbm_learns_mean_and_variance() -> None:
         sigma_bounds=(0.1, 1.1),
         method="pcd",
         k=1,
-        lr=0.02,
-        weight_decay=0.1,
+        optimizer=sgd(lr=0.02, weight_decay=0.1),
         init_std=1e-4,
         num_filters=0,
     )
     trainer(15).fit(rbm, datamodule=TensorData(data, batch_size=100))
-    torch.testing.assert_close(rbm.visible_bias.detach(), data.mean(0), atol=0.1, rtol=0)
-    torch.testing.assert_close(rbm.variance.sqrt().detach(), std, atol=0.1, rtol=0)
+    torch.testing.assert_close(rbm.layer.visible_bias.detach(), data.mean(0), atol=0.1, rtol=0)
+    torch.testing.assert_close(rbm.layer.variance.sqrt().detach(), std, atol=0.1, rtol=0)
 
 
 # ---------------------------------------------------------------------- persistent chains
@@ -202,15 +154,15 @@ def test_pcd_chains_persist_and_go_into_the_checkpoint(tmp_path) -> None:
     rbm = RBM(9, 6, method="pcd", num_chains=13, num_filters=0)
     t = trainer(2, default_root_dir=tmp_path, enable_checkpointing=True)
     t.fit(rbm, datamodule=TensorData(data, batch_size=16))
-    assert rbm.persistent_chains is not None and rbm.persistent_chains.shape == (13, 9)
+    assert rbm.cd.visible is not None and rbm.cd.visible.shape == (13, 9)
     path = tmp_path / "pcd.ckpt"
     t.save_checkpoint(path)
     saved = torch.load(path, weights_only=True)["per_rank_state"]
     assert saved["persistent_chains"].shape == (1, 13, 9) and saved["persistent_hidden"].shape == (1, 13, 6)
     restored = RBM.load_from_checkpoint(path)
-    torch.testing.assert_close(restored.persistent_chains, rbm.persistent_chains)
-    torch.testing.assert_close(restored.persistent_hidden, rbm.persistent_hidden)
-    torch.testing.assert_close(restored.W, rbm.W)
+    torch.testing.assert_close(restored.cd.visible, rbm.cd.visible)
+    torch.testing.assert_close(restored.cd.hidden, rbm.cd.hidden)
+    torch.testing.assert_close(restored.layer.W, rbm.layer.W)
 
 
 @pytest.mark.parametrize("method", ["cd", "pcd"])
@@ -219,7 +171,8 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path, method: str) -> Non
 
     def run(ckpt=None, stop_after: int | None = None) -> RBM:
         L.seed_everything(0)
-        rbm = RBM(9, 6, method=method, k=2, lr=0.05, momentum_epochs=1, lr_decay="linear", num_filters=0)
+        decay = schedule(momentum_epochs=1, linear_decay_start=0.0)
+        rbm = RBM(9, 6, method=method, k=2, optimizer=sgd(lr=0.05), lr_schedule=decay, num_filters=0)
         callbacks = [StopAfter(stop_after)] if stop_after else []
         t = trainer(4, default_root_dir=tmp_path, callbacks=callbacks)
         t.fit(rbm, datamodule=TensorData(data, batch_size=16), ckpt_path=ckpt)
@@ -230,12 +183,12 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path, method: str) -> Non
     full = run()
     interrupted = run(stop_after=2)
     resumed = run(ckpt=tmp_path / "stop.ckpt")
-    assert not torch.equal(interrupted.W, full.W)
-    for name, p in full.named_parameters():
-        torch.testing.assert_close(getattr(resumed, name), p, msg=name)
+    assert not torch.equal(interrupted.layer.W, full.layer.W)
+    for (name, p), q in zip(full.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(q, p, msg=name)
     if method == "pcd":
-        torch.testing.assert_close(resumed.persistent_chains, full.persistent_chains)
-        torch.testing.assert_close(resumed.persistent_hidden, full.persistent_hidden)
+        torch.testing.assert_close(resumed.cd.visible, full.cd.visible)
+        torch.testing.assert_close(resumed.cd.hidden, full.cd.hidden)
 
 
 def test_exact_log_partition_refuses_large_layers() -> None:
@@ -244,38 +197,6 @@ def test_exact_log_partition_refuses_large_layers() -> None:
     with pytest.raises(UserError, match="refusing above 25 units"):
         exact_log_partition(RBM(40, 30))
     assert math.isfinite(exact_log_partition(RBM(40, 12)))
-
-
-@pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
-def test_closed_form_gradients_are_the_gradient_of_the_free_energy_difference(visible: str) -> None:
-    rbm = random_rbm(6, 5, scale=0.5, visible=visible, sigma=0.7)
-    v_data = torch.bernoulli(torch.full((7, 6), 0.4, dtype=torch.float64))
-    v_model = torch.rand(5, 6, dtype=torch.float64)  # as many persistent chains as the user chose
-    params = [rbm.W, rbm.visible_bias, rbm.hidden_bias]
-    expected = torch.autograd.grad(rbm.cd_loss(v_data, v_model), params)
-    with torch.no_grad():
-        rbm.cd_gradients(v_data, rbm.hidden_probs(v_data), v_model, rbm.hidden_probs(v_model))
-    for param, want in zip(params, expected):
-        torch.testing.assert_close(param.grad, want)
-
-
-def test_closed_form_sparsity_gradients_are_those_of_the_sparsity_term() -> None:
-    """The closed-form sparsity term (added to the CD gradient) equals autograd of ``sparsity_loss``
-    (whose gradient ``test_sparsity_term_gradient_is_hintons_rule`` checks by hand), with the DBM's
-    doubled bottom-up input too, and updates the running activity the same way."""
-    for scale in (1.0, 2.0):
-        rbm = random_rbm(5, 3, sparsity_target=0.1, sparsity_cost=0.5, sparsity_decay=0.6, bottom_up_scale=scale)
-        twin = random_rbm(5, 3, sparsity_target=0.1, sparsity_cost=0.5, sparsity_decay=0.6, bottom_up_scale=scale)
-        twin.load_state_dict(rbm.state_dict())
-        v = torch.bernoulli(torch.full((8, 5), 0.5, dtype=torch.float64))
-        twin.sparsity_loss(v).backward()
-        with torch.no_grad():
-            for p in (rbm.W, rbm.hidden_bias):
-                p.grad = torch.zeros_like(p)
-            rbm.sparsity_gradients(v, rbm.hidden_probs(v))
-        torch.testing.assert_close(rbm.W.grad, twin.W.grad)
-        torch.testing.assert_close(rbm.hidden_bias.grad, twin.hidden_bias.grad)
-        torch.testing.assert_close(rbm.hidden_activity, twin.hidden_activity)
 
 
 def test_pcd_updates_are_hand_derived_pcd_with_hidden_chain_states() -> None:
@@ -289,10 +210,11 @@ def test_pcd_updates_are_hand_derived_pcd_with_hidden_chain_states() -> None:
     chains = torch.bernoulli(torch.full((5, 6), 0.5))
     lr, m, wd, k = 0.1, 0.5, 0.01, 2
     L.seed_everything(0)
-    rbm = RBM(6, 4, method="pcd", k=k, num_chains=5, lr=lr, momentum=m, weight_decay=wd, lr_decay="linear",
-              init_std=0.3, init_visible_bias=False, num_filters=0)  # fmt: skip
-    W, b, c = (t.detach().clone() for t in (rbm.W, rbm.visible_bias, rbm.hidden_bias))
-    rbm.persistent_chains = chains.clone()
+    rbm = RBM(6, 4, method="pcd", k=k, num_chains=5, optimizer=sgd(lr=lr, momentum=m, weight_decay=wd),
+              lr_schedule=schedule(linear_decay_start=0.0), init_std=0.3, init_visible_bias=False,
+              num_filters=0)  # fmt: skip
+    W, b, c = (t.detach().clone() for t in (rbm.layer.W, rbm.layer.visible_bias, rbm.layer.hidden_bias))
+    rbm.cd.set_chains(chains.clone())
     torch.manual_seed(1)
     trainer(1, limit_train_batches=2).fit(rbm, datamodule=TensorData(data, batch_size=10))
 
@@ -317,9 +239,9 @@ def test_pcd_updates_are_hand_derived_pcd_with_hidden_chain_states() -> None:
             velocity[i] = m * velocity[i] + grad if step else grad
             param -= rate * velocity[i]
     for name, want in (("W", W), ("visible_bias", b), ("hidden_bias", c)):
-        torch.testing.assert_close(getattr(rbm, name).detach(), want, msg=name)
-    torch.testing.assert_close(rbm.persistent_chains, v)
-    torch.testing.assert_close(rbm.persistent_hidden, h)
+        torch.testing.assert_close(getattr(rbm.layer, name).detach(), want, msg=name)
+    torch.testing.assert_close(rbm.cd.visible, v)
+    torch.testing.assert_close(rbm.cd.hidden, h)
 
 
 def test_chains_saved_by_another_number_of_processes_are_pooled_and_shared_out() -> None:
@@ -329,11 +251,13 @@ def test_chains_saved_by_another_number_of_processes_are_pooled_and_shared_out()
 
     saved = torch.arange(2 * 7 * 9, dtype=torch.float32).reshape(2, 7, 9)
     rbm = RBM(9, 6, method="pcd", num_filters=0)
-    rbm.on_load_checkpoint({"per_rank_state": {"persistent_chains": saved}})
-    torch.testing.assert_close(rbm.persistent_chains, saved.reshape(14, 9))
-    assert rbm.persistent_hidden is None  # a checkpoint without hidden states: drawn from p(h | v) later
+    rbm.on_load_checkpoint({"lightning_ebm_format": 2, "per_rank_state": {"persistent_chains": saved}})
+    torch.testing.assert_close(rbm.cd.visible, saved.reshape(14, 9))
+    assert rbm.cd.hidden is None  # a checkpoint without hidden states: drawn from p(h | v) later
     for rank in (0, 1):
         rbm = RBM(9, 6, method="pcd", num_filters=0)
         rbm._trainer = SimpleNamespace(global_rank=rank, world_size=2)
-        rbm.on_load_checkpoint({"per_rank_state": {"persistent_chains": saved.reshape(1, 14, 9)}})
-        torch.testing.assert_close(rbm.persistent_chains, saved[rank])
+        rbm.on_load_checkpoint(
+            {"lightning_ebm_format": 2, "per_rank_state": {"persistent_chains": saved.reshape(1, 14, 9)}}
+        )
+        torch.testing.assert_close(rbm.cd.visible, saved[rank])
