@@ -256,7 +256,7 @@ class EBMCLI(LightningCLI):
         model = _plain(config.get("model")) or {}
         theirs_class = hparams.pop("_class_path", None)
         mine_class = model.get("class_path") if isinstance(model, dict) else None
-        if theirs_class and mine_class and theirs_class != mine_class:
+        if theirs_class and mine_class and not _same_class(theirs_class, mine_class):
             raise UserError(
                 f"--ckpt_path {path} is a checkpoint of {theirs_class}, but the config's model is {mine_class}: "
                 f"use the config it was trained with{_run_config_hint(path)}, or a checkpoint of {mine_class}"
@@ -447,6 +447,19 @@ def check_resumable(checkpoint: dict[str, Any], path: Path, trainer: Any) -> Non
             f"--ckpt_path {path} is at step {step} and --trainer.max_steps is {max_steps}, so there is nothing left "
             f"to train. Fix: set --trainer.max_steps above {step} to train further, or evaluate it with `test`"
         )
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _same_class(a: str, b: str) -> bool:
+    """Whether two class paths name one class (``lightning_ebm.models.DEM`` is ``lightning_ebm.models.dem.DEM``)."""
+    return a == b or (_import(a) is not None and _import(a) is _import(b))
 
 
 def _run_config_hint(path: Path) -> str:
@@ -748,7 +761,8 @@ def sigterm_message(cli: Any, args: list[str]) -> str | None:
         return None
     where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
     if getattr(cli, "subcommand", None) != "fit":
-        return f"stopped by SIGTERM during {cli.subcommand} {where}: nothing was saved; run the same command again"
+        sub = getattr(cli, "subcommand", None)
+        return f"stopped by SIGTERM during {sub} {where}: nothing was saved; run the same command again"
     callback = trainer.checkpoint_callback
     path = getattr(callback, "interrupted_checkpoint", None) if callback is not None else None
     if path is None and callback is not None and callback.dirpath:

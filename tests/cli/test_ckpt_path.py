@@ -141,6 +141,12 @@ def test_ckpt_path_last_resumes_the_newest_run_of_the_config(trained: Path, tmp_
     assert f"note: --ckpt_path last: resuming {last}" in capsys.readouterr().err
     resumed = tmp_path / "logs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt"
     assert torch.load(resumed, weights_only=False)["global_step"] == 8  # 4 batches more than the first run's
+    # best: the best checkpoint that the newest run recorded
+    best = torch.load(resumed, weights_only=False)["callbacks"]
+    best = next(state["best_model_path"] for state in best.values() if "best_model_path" in state)
+    assert Path(best).parent == resumed.parent and Path(best).is_file()
+    assert run_cli(["test", "--config", str(config), "--ckpt_path", "best"]) == 0
+    assert f"note: --ckpt_path best: evaluating {best}" in capsys.readouterr().err
 
 
 def _dead_pid() -> int:

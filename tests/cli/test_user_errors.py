@@ -12,6 +12,8 @@ import torch
 from helpers.cli import run_cli
 from tiny_cli_model import tiny_config
 
+from lightning_ebm.cli import check_resumable
+from lightning_ebm.errors import UserError
 from lightning_ebm.plugins import FORMAT_KEY
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,6 +129,26 @@ def test_a_full_disk_while_writing_a_checkpoint(tmp_path: Path, monkeypatch, cap
     assert "checkpoint" in error.split("is intact")[0].split("; the previous")[1] and "Fix: free space" in error
     assert not [p for p in checkpoints.iterdir() if not p.name.endswith(".ckpt")]  # no temporary file left
     assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 4  # the first epoch's
+
+
+def test_a_full_disk_while_writing_logs(tmp_path: Path, capsys) -> None:
+    log = tmp_path / "logs" / "tiny" / "version_0" / "events.out"
+    args = ["--trainer.callbacks+=tiny_cli_model.DiskFullAt", "--trainer.callbacks.filename", str(log)]
+    assert fit(tiny_config(tmp_path), *args) == 2
+    error = error_of(capsys)
+    assert f"error: the disk is full: could not write {log} (No space left on device). Fix: free space" in error
+    last = tmp_path / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4  # the checkpoint of epoch 0 is intact
+
+
+def test_resuming_a_checkpoint_at_max_steps() -> None:
+    checkpoint = {"global_step": 50, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 3}}}}}
+    check_resumable(checkpoint, Path("a.ckpt"), {"max_epochs": None, "max_steps": 51})
+    with pytest.raises(UserError, match=r"a.ckpt is at step 50 and --trainer.max_steps is 50, so there is nothing"):
+        check_resumable(checkpoint, Path("a.ckpt"), {"max_epochs": None, "max_steps": 50})
+    with pytest.raises(UserError, match="has already trained 1000 epochs"):  # Lightning's default: 1000 epochs
+        check_resumable({**checkpoint, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 1000}}}}},
+                        Path("a.ckpt"), {"max_epochs": None, "max_steps": -1})  # fmt: skip
 
 
 def test_data_that_gives_no_batch_is_an_error_not_an_empty_success(tmp_path: Path, capsys) -> None:

@@ -7,6 +7,8 @@ This folder is on ``sys.path`` under pytest; subprocesses get it through ``PYTHO
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import lightning as L
@@ -93,6 +95,18 @@ class NaNAt(L.Callback):
             with torch.no_grad():
                 for parameter in pl_module.parameters():
                     parameter.fill_(float("nan"))
+
+
+class DiskFullAt(L.Callback):
+    """A log writer that finds the disk full at the end of epoch ``epoch``."""
+
+    def __init__(self, epoch: int = 1, filename: str = "events.out") -> None:
+        self.epoch = epoch
+        self.filename = filename
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.filename)
 
 
 def tiny_config(directory: Path, name: str = "tiny.yaml", **model: object) -> Path:
