@@ -13,6 +13,8 @@ DBN its variational lower bound (Salakhutdinov & Murray 2008).
   the DBM's training time (``Trainer(max_time=...)``).
 * DBN ``784-h1-h2``: greedy, ``--pretrain-epochs`` per layer; its first RBM is scored at depth 1.
 
+The results are printed as JSON (and written to ``--out`` when given).
+
 Example::
 
     python benchmarks/boltzmann_depth.py --h1 200 --h2 400 --pretrain-epochs 10 --joint-epochs 20
@@ -35,8 +37,14 @@ from rbm_likelihood import DEFAULT_MNIST, load
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
 from lightning_ebm.evaluation import estimate_log_partition, log_likelihood  # noqa: E402
 from lightning_ebm.models import DBM, DBN, RBM  # noqa: E402
+from lightning_ebm.optim import spec  # noqa: E402
 
-RBM_RECIPE = dict(method="cd", k=1, lr=0.05, momentum=0.5, final_momentum=0.9, momentum_epochs=5, weight_decay=2e-4)
+#: The first-layer recipe: CD-1, SGD at 0.05 with momentum 0.5 (0.9 after 5 epochs) and weight decay 2e-4
+#: on ``W``. ``RBM_RECIPE`` are RBM arguments; ``STACK_RECIPE`` the same for every layer of a DBN or DBM.
+RBM_OPTIMIZER = spec("torch.optim.SGD", lr=0.05, momentum=0.5, weight_decay=2e-4, fused=True)
+RBM_SCHEDULE = spec("lightning_ebm.optim.Schedule", final_momentum=0.9, momentum_epochs=5)
+RBM_RECIPE = dict(method="cd", k=1, optimizer=RBM_OPTIMIZER, lr_schedule=RBM_SCHEDULE)
+STACK_RECIPE = dict(method="cd", k=1, layer_optimizer=RBM_OPTIMIZER, layer_schedule=RBM_SCHEDULE, num_filters=0)
 
 
 def fit(model: L.LightningModule, train: torch.Tensor, batch_size: int, **trainer_args) -> float:
@@ -75,6 +83,7 @@ def main() -> None:
     parser.add_argument("--betas", type=int, default=14_500)
     parser.add_argument("--chains", type=int, default=100)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +92,7 @@ def main() -> None:
     p = args.pretrain_epochs
     results: dict[str, object] = {"data": f"{len(train)} train / {len(test)} test binarized MNIST images"}
 
-    dbm = DBM([784, args.h1, args.h2], layer_epochs=[p, p], rbm={**RBM_RECIPE, "num_filters": 0})
+    dbm = DBM([784, args.h1, args.h2], layer_epochs=[p, p], **STACK_RECIPE)
     seconds = fit(dbm, train, args.batch_size, max_epochs=2 * p + args.joint_epochs)
     results[f"dbm_784_{args.h1}_{args.h2}"] = {
         "train_s": round(seconds, 1),
@@ -98,7 +107,7 @@ def main() -> None:
         **score(rbm, train, test, args.betas, args.chains),
     }
 
-    dbn = DBN([784, args.h1, args.h2], layer_epochs=[p, p], rbm={**RBM_RECIPE, "num_filters": 0})
+    dbn = DBN([784, args.h1, args.h2], layer_epochs=[p, p], **STACK_RECIPE)
     seconds = fit(dbn, train, args.batch_size, max_epochs=2 * p)
     dbn.depth.fill_(1)
     results[f"dbn_first_rbm_784_{args.h1}"] = score(dbn, train, test, args.betas, args.chains)
@@ -107,7 +116,10 @@ def main() -> None:
         "train_s": round(seconds, 1),
         **score(dbn, train, test, args.betas, args.chains),
     }
-    print(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,9 @@ def lightning_throughput(args: argparse.Namespace) -> tuple[float, L.LightningMo
 def bare_throughput(
     model: L.LightningModule, batch_size: int, batches: int, warmup: int, compile: bool = False
 ) -> float:
-    """The same generator + energy updates as DEM.training_step, without Lightning."""
-    opt_energy, opt_generator = model.configure_optimizers()
+    """The same generator + energy updates as DEM.training_step, without Lightning (the injected
+    optimisers of ``configure_optimizers``, the energy's first; their schedules are not stepped)."""
+    (opt_energy, opt_generator), _ = model.configure_optimizers()
     x = torch.randn(batch_size, *model.data_shape)
 
     def generator_backward(z: torch.Tensor) -> None:

@@ -60,6 +60,7 @@ from lightning_ebm.evaluation import (  # noqa: E402
 )
 from lightning_ebm.models import JEM  # noqa: E402
 from lightning_ebm.nn import ConvClassifier  # noqa: E402
+from lightning_ebm.optim import spec  # noqa: E402
 
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
@@ -89,9 +90,11 @@ def build(args: argparse.Namespace, px_weight: float, pxy_weight: float = 0.0) -
     torch.manual_seed(args.seed)  # both models start from the same weights
     net = ConvClassifier(channels=args.channels, hidden=args.hidden, activation="leaky_relu")
     return JEM(
-        net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, pxy_weight=pxy_weight, lr=args.lr,
-        warmup_steps=args.warmup,
-        decay_epochs=args.decay_epochs, decay_rate=args.decay_rate, sgld_steps=args.sgld_steps,
+        net, num_classes=10, data_shape=[1, 28, 28], px_weight=px_weight, pxy_weight=pxy_weight,
+        optimizer=spec("torch.optim.Adam", lr=args.lr, betas=[0.9, 0.999], weight_decay=0.0),
+        lr_schedule=spec("lightning_ebm.optim.Schedule", warmup_steps=args.warmup, milestones=args.decay_epochs,
+                         gamma=args.decay_rate),
+        sgld_steps=args.sgld_steps,
         sgld_step_size=args.sgld_step_size, sgld_noise=args.sgld_noise, buffer_size=args.buffer_size,
         reinit_prob=args.reinit_prob, energy_l2=args.energy_l2, sgld_clamp=args.sgld_clamp,
         reinit_from=args.reinit_from,

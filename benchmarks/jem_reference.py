@@ -56,6 +56,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
 from lightning_ebm.cli import EBMCLI, resolve_config_args  # noqa: E402
+from lightning_ebm.optim import to_spec  # noqa: E402
 
 BATCH, CLASSES, SHAPE = 64, 10, (3, 32, 32)
 
@@ -93,8 +94,10 @@ def build_ours(args: argparse.Namespace) -> L.LightningModule:
         cli = EBMCLI(args=resolve_config_args(argv), run=False)
     hp = cli.model.hparams
     expected = dict(sgld_steps=20, sgld_step_size=1.0, sgld_noise=0.01, buffer_size=10_000, reinit_prob=0.05,
-                    data_noise=0.03, clf_weight=1.0, px_weight=1.0, pxy_weight=0.0, lr=1e-4)  # fmt: skip
+                    data_noise=0.03, clf_weight=1.0, px_weight=1.0, pxy_weight=0.0)  # fmt: skip
     assert all(hp[k] == v for k, v in expected.items()), {k: hp[k] for k in expected}
+    optimizer = to_spec(hp["optimizer"])  # the injected optimiser's {class_path, init_args}
+    assert optimizer["init_args"].get("lr") == 1e-4, optimizer
     assert cli.datamodule.hparams.batch_size == BATCH
     return cli.model
 

@@ -10,7 +10,9 @@ Example::
     python benchmarks/meg_kdd99.py --data-dir ../shared/data/kddcup99 --seeds 0 1 2 3 4 --threads 2
 
 Any other argument is handed to the config, e.g. ``--model.init_args.gradient_penalty 100`` (the paper's
-lambda) or ``--model.init_args.lr_decay linear --model.init_args.lr_decay_start 0.5``.
+lambda) or ``--model.init_args.lr_schedule lightning_ebm.optim.Schedule
+--model.init_args.lr_schedule.linear_decay_start 0.5`` (every player's learning rate decayed linearly to 0
+over the second half of the run). ``--out FILE`` writes the runs and the summary as JSON.
 """
 
 from __future__ import annotations

@@ -30,16 +30,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from lightning_ebm.datamodules import MNISTDataModule  # noqa: E402
 from lightning_ebm.evaluation import estimate_log_partition, exact_log_partition, log_likelihood  # noqa: E402
 from lightning_ebm.models import RBM  # noqa: E402
+from lightning_ebm.optim import spec  # noqa: E402
 
 DEFAULT_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+def sgd(momentum: float) -> dict[str, object]:
+    """SGD at 0.05 with weight decay 2e-4 on ``W`` (Hinton's) and the given momentum."""
+    return spec("torch.optim.SGD", lr=0.05, momentum=momentum, weight_decay=2e-4, fused=True)
+
+
+#: The learning rate decayed linearly to 0 over the run; the momentum 0.9 after 5 epochs (Hinton's switch).
+LINEAR_DECAY = {"linear_decay_start": 0.0}
+MOMENTUM_SWITCH = {"final_momentum": 0.9, "momentum_epochs": 5}
 
 #: our recipes, as RBM arguments (batches of 10 like scikit-learn's default)
 RECIPES = {
     "ours_pcd1_linear_decay_no_momentum": dict(
-        method="pcd", lr=0.05, lr_decay="linear", momentum=0.0, final_momentum=0.0
+        method="pcd", optimizer=sgd(0.0), lr_schedule=spec("lightning_ebm.optim.Schedule", **LINEAR_DECAY)
     ),
-    "ours_pcd1_linear_decay_momentum_0.5_0.9": dict(method="pcd", lr=0.05, lr_decay="linear"),
-    "ours_cd1_momentum_0.5_0.9": dict(method="cd", lr=0.05),
+    "ours_pcd1_linear_decay_momentum_0.5_0.9": dict(
+        method="pcd",
+        optimizer=sgd(0.5),
+        lr_schedule=spec("lightning_ebm.optim.Schedule", **LINEAR_DECAY, **MOMENTUM_SWITCH),
+    ),
+    "ours_cd1_momentum_0.5_0.9": dict(
+        method="cd", optimizer=sgd(0.5), lr_schedule=spec("lightning_ebm.optim.Schedule", **MOMENTUM_SWITCH)
+    ),
 }
 
 
@@ -71,9 +88,9 @@ def fit_sklearn(train: torch.Tensor, hidden: int, epochs: int, batch_size: int, 
     ).fit(train.numpy())
     rbm = RBM(784, hidden)
     with torch.no_grad():
-        rbm.W.copy_(torch.from_numpy(sk.components_.T.copy()))
-        rbm.visible_bias.copy_(torch.from_numpy(sk.intercept_visible_))
-        rbm.hidden_bias.copy_(torch.from_numpy(sk.intercept_hidden_))
+        rbm.layer.W.copy_(torch.from_numpy(sk.components_.T.copy()))
+        rbm.layer.visible_bias.copy_(torch.from_numpy(sk.intercept_visible_))
+        rbm.layer.hidden_bias.copy_(torch.from_numpy(sk.intercept_hidden_))
     return rbm
 
 
@@ -84,7 +101,7 @@ def score(rbm: RBM, train: torch.Tensor, test: torch.Tensor, betas: list[int]) -
     if rbm.hparams.n_hidden <= 25:
         return {"log_z": "exact", "test_log_likelihood": round(neg_free_energy - exact_log_partition(rbm), 2)}
     with torch.no_grad():
-        hidden_input = rbm.hidden_input(train[:2000]).abs()
+        hidden_input = rbm.layer.hidden_input(train[:2000]).abs()
     result: dict[str, object] = {"hidden_input_abs_mean": round(float(hidden_input.mean()), 2)}
     for seed, num_betas in enumerate(betas):
         start = time.perf_counter()

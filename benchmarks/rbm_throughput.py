@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from lightning_ebm.datamodules.utils import TensorBatches  # noqa: E402
 from lightning_ebm.evaluation import estimate_log_partition, log_likelihood  # noqa: E402
 from lightning_ebm.models import RBM  # noqa: E402
+from lightning_ebm.models.rbm import weight_decay_on_weights_only  # noqa: E402
+from lightning_ebm.optim import spec  # noqa: E402
 
 DEFAULT_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -89,19 +91,29 @@ def rates(samples: int, wall: float, cpu: float) -> dict[str, float]:
     return {"samples_per_s": samples / wall, "samples_per_cpu_s": samples / cpu}
 
 
-#: Our optimiser settings: scikit-learn's update (SGD with a constant learning rate, no momentum, no
-#: weight decay), or rbm_mnist_pcd.yaml's (weight decay 2e-4, the learning rate decayed linearly).
+#: Our optimiser settings (SGD's keyword arguments besides the learning rate, and the schedule):
+#: scikit-learn's update (a constant learning rate, no momentum, no weight decay), or
+#: rbm_mnist_pcd.yaml's (weight decay 2e-4 on ``W``, the learning rate decayed linearly to 0 per update).
 RECIPES = {
-    "sklearn": dict(lr_decay="none", momentum=0.0, final_momentum=0.0, weight_decay=0.0),
-    "config": dict(lr_decay="linear", momentum=0.0, final_momentum=0.0, weight_decay=2e-4),
+    "sklearn": {"sgd": dict(momentum=0.0, weight_decay=0.0), "lr_schedule": None},
+    "config": {
+        "sgd": dict(momentum=0.0, weight_decay=2e-4),
+        "lr_schedule": spec("lightning_ebm.optim.Schedule", linear_decay_start=0.0),
+    },
 }
+
+
+def recipe(args: argparse.Namespace) -> dict[str, object]:
+    """``--recipe``'s ``optimizer`` and ``lr_schedule`` arguments of the RBM, at ``--lr``."""
+    settings = RECIPES[args.recipe]
+    optimizer = spec("torch.optim.SGD", lr=args.lr, **settings["sgd"], fused=True)
+    return {"optimizer": optimizer, "lr_schedule": settings["lr_schedule"]}
 
 
 def ours(data: torch.Tensor, method: str, args: argparse.Namespace) -> tuple[dict[str, float], RBM]:
     """Our RBM through ``Trainer.fit`` (``--recipe``'s optimiser settings), the first 5 batches untimed."""
     L.seed_everything(0, verbose=False)
-    rbm = RBM(784, args.hidden, method=method, k=1, num_chains=args.batch_size, lr=args.lr, num_filters=0,
-              **RECIPES[args.recipe])  # fmt: skip
+    rbm = RBM(784, args.hidden, method=method, k=1, num_chains=args.batch_size, num_filters=0, **recipe(args))
     timer = Timer(warmup=5)
     trainer = L.Trainer(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -112,14 +124,15 @@ def ours(data: torch.Tensor, method: str, args: argparse.Namespace) -> tuple[dic
 
 
 def ours_bare(data: torch.Tensor, method: str, args: argparse.Namespace) -> dict[str, float]:
-    """The same update without Lightning: ``RBM.cd_step`` with a plain SGD optimiser."""
-    rbm = RBM(784, args.hidden, method=method, k=1, lr=args.lr, num_filters=0, **RECIPES[args.recipe])
-    optimizer = rbm.build_optimizer()
+    """The same update without Lightning: ``ContrastiveDivergence.update`` with the recipe's SGD (weight
+    decay on ``W`` only; no learning-rate schedule)."""
+    rbm = RBM(784, args.hidden, method=method, k=1, num_filters=0, **recipe(args))
+    optimizer = rbm.build_optimizer(rbm.hparams.optimizer, weight_decay_on_weights_only(rbm.layer))
     batches = data.split(args.batch_size)
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.epochs):
         for v in batches:
-            rbm.cd_step(v, optimizer)
+            rbm.cd.update(rbm.layer, v, optimizer, rbm)
     return rates(data.shape[0] * args.epochs, time.perf_counter() - start, time.process_time() - cpu)
 
 
@@ -167,7 +180,7 @@ def main() -> None:
     result: dict[str, object] = {
         "data": source,
         "model": f"784x{args.hidden}, batch {args.batch_size}, {args.epochs} epoch(s) per block, float32",
-        "our_recipe": RECIPES[args.recipe],
+        "our_recipe": recipe(args),
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),

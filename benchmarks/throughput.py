@@ -3,8 +3,10 @@
 Each config's model is built by the command line's parser from the shipped YAML (the paper's
 networks and batch size), then trained by a plain ``Trainer`` on synthetic data of the config's
 shape and range (throughput does not depend on the values) for ``--warmup`` batches, then timed for
-``--steps`` batches (or ``--max-seconds``). One sample is one data example consumed by a training
-step (MEG: by an energy update; a generator update every ``energy_steps`` batches is included).
+``--steps`` batches (or ``--max-seconds``). Models that train on labelled batches (JEM, the MNIST
+classifier) get ``(x, y)`` batches with random labels of their number of classes. One sample is one
+data example consumed by a training step, whether the batch is ``x`` or ``(x, y)`` (MEG: by an energy
+update; a generator update every ``energy_steps`` batches is included).
 Options: ``--precision bf16-mixed``, ``--compile`` (``nn.Module.compile`` on the model's networks),
 ``--accelerator gpu``. Besides wall-clock samples/s each row has samples per CPU-second of this
 process (``time.process_time``), which a machine shared with other jobs disturbs much less; with
@@ -47,11 +49,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_ebm, not an installed one
 from lightning_ebm.cli import EBMCLI, resolve_config_args, shipped_configs  # noqa: E402
 from lightning_ebm.datamodules import TensorBatches  # noqa: E402
+from lightning_ebm.models import JEM, Classifier  # noqa: E402
+from lightning_ebm.utils import eval_mode  # noqa: E402
 
 #: Ranges of the synthetic data per config family; the rest is Gaussian.
 BINARY = ("rbm_", "dbn_", "dbm_")
 UNIT = ("dem_mnist", "meg_kdd99")
-SYMMETRIC = ("dem_celeba", "dem_lsun")
+SYMMETRIC = ("dem_celeba", "dem_lsun", "jem_mnist", "jem_cifar", "mnist_classifier")
 #: Which reference task a config is compared with.
 REFERENCE_TASK = {"meg_kdd99": "kdd99", "meg_toy": "toy"}
 #: Extra variants: the DBM's joint training (the config starts with pretraining, which is RBM CD-1).
@@ -59,13 +63,17 @@ VARIANTS = {"dbm_mnist:joint": ("dbm_mnist", ["--model.init_args.layer_epochs", 
 
 
 class Synthetic(L.LightningDataModule):
-    """``num_batches`` random batches shaped like the config's data."""
+    """``num_batches`` random batches shaped like the config's data; ``(x, y)`` with random labels in
+    ``[0, num_classes)`` when ``num_classes`` is given (a model that trains on labelled batches)."""
 
-    def __init__(self, name: str, shape: tuple[int, ...], batch_size: int, num_batches: int) -> None:
+    def __init__(
+        self, name: str, shape: tuple[int, ...], batch_size: int, num_batches: int, num_classes: int | None = None
+    ) -> None:
         super().__init__()
         self.data_shape, self.batch_size = shape, batch_size
         g = torch.Generator().manual_seed(0)
         size = (batch_size * num_batches, *shape)
+        self.train_labels = None if num_classes is None else torch.randint(0, num_classes, size[:1], generator=g)
         if name.startswith(BINARY):
             self.train_data = (torch.rand(size, generator=g) < 0.13).float()
         elif name.startswith(UNIT):
@@ -78,7 +86,33 @@ class Synthetic(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         """Whole batches sliced at once, as the shipped data modules serve them (a ``DataLoader`` over
         the tensor would collate every batch example by example)."""
-        return TensorBatches(self.train_data, batch_size=self.batch_size, shuffle=False)
+        tensors = (self.train_data,) if self.train_labels is None else (self.train_data, self.train_labels)
+        return TensorBatches(*tensors, batch_size=self.batch_size, shuffle=False)
+
+
+def examples(batch: torch.Tensor | tuple | list) -> int:
+    """The number of examples in a batch ``x`` or ``(x, y, ...)`` (never the tuple's length)."""
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0])
+
+
+def data_shape(model: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[int, ...]:
+    """The shape of one example: the model's ``data_shape``, else the config's data module's (the classifier)."""
+    shape = getattr(model, "data_shape", None) or getattr(datamodule, "data_shape", None)
+    if shape is None:
+        raise ValueError(f"neither {type(model).__name__} nor {type(datamodule).__name__} has a data_shape")
+    return tuple(int(n) for n in shape)
+
+
+def label_classes(model: L.LightningModule, shape: tuple[int, ...]) -> int | None:
+    """The number of classes of a model that trains on labelled batches (JEM: its ``num_classes``; the
+    classifier: the width of its logits), None for the others."""
+    if isinstance(model, JEM):
+        return int(model.num_classes)
+    if isinstance(model, Classifier):
+        with torch.no_grad(), eval_mode(model):
+            return int(model(torch.zeros(2, *shape)).shape[1])
+    return None
 
 
 class Timer(L.Callback):
@@ -100,7 +134,7 @@ class Timer(L.Callback):
         if self.batches > self.warmup:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.samples += len(batch)
+            self.samples += examples(batch)
             self.elapsed = time.perf_counter() - self.start
             self.cpu_elapsed = time.process_time() - self.cpu_start
             if self.batches - self.warmup >= self.steps or self.elapsed > self.max_seconds:
@@ -127,6 +161,8 @@ def measure(label: str, args: argparse.Namespace) -> dict[str, object]:
     model = cli.model
     batch_size = int(cli.datamodule.hparams.get("batch_size", 64))
     row: dict[str, object] = {"config": label, "batch": batch_size}
+    shape = data_shape(model, cli.datamodule)
+    data = Synthetic(name, shape, batch_size, args.warmup + args.steps, label_classes(model, shape))
     if args.compile:
         row["compiled"] = compile_networks(model) or "nothing to compile"
     timer = Timer(args.warmup, args.steps, args.max_seconds)
@@ -135,7 +171,6 @@ def measure(label: str, args: argparse.Namespace) -> dict[str, object]:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         num_sanity_val_steps=0, callbacks=[timer], default_root_dir=tempfile.mkdtemp(prefix="lightning_ebm_bench_"),
     )  # fmt: skip
-    data = Synthetic(name, model.data_shape, batch_size, args.warmup + args.steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

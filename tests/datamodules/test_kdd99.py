@@ -126,22 +126,26 @@ def test_the_real_10_percent_file() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # one seed trains ~15 min at one thread, over the suite's 900 s limit
-def test_meg_kdd99_reaches_the_published_f1() -> None:
+def test_meg_kdd99_reaches_the_published_f1(tmp_path: Path) -> None:
     """Issue 5's bar: the shipped ``meg_kdd99.yaml`` on the real 10 % file, the published protocol
     (no validation split, the last epoch's model, top 20 % of the test half flagged), seed 0, one
-    thread: gradient-norm F1 at least the paper's 0.9389, trained in well under an hour."""
-    import importlib.util
+    thread: gradient-norm F1 at least the paper's 0.9389, trained in well under an hour.
+    ``benchmarks/meg_kdd99.py`` run as a program (its defaults: 55 epochs, min-max scaling)."""
+    import json
+    import subprocess
+    import sys
 
+    published_f1 = 0.9389  # Kumar et al. 2019, Table 3 (the benchmark's PUBLISHED["f1"])
     source = SHARED_DATA / "kddcup99"
     if not (source / "kddcup.data_10_percent.gz").is_file():
         pytest.skip(f"the real KDD99 10 % file is not in {source}")
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "meg_kdd99.py"
-    spec = importlib.util.spec_from_file_location("meg_kdd99_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.run_seed(bench.parse(["--data-dir", str(source)]), seed=0)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "meg_kdd99.py"
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(script), "--data-dir", str(source), "--seeds", "0", "--threads", "1", "--out", str(out)]
+    subprocess.run(cmd, check=True, timeout=3540)  # within the test's 3600 s
+    (result,) = json.loads(out.read_text())["runs"]
     print(f"KDD99 seed 0: F1 {result['gradient_norm/f1']:.4f}, {result['fit_seconds']:.0f} s of training")
-    assert result["gradient_norm/f1"] >= bench.PUBLISHED["f1"]
+    assert result["gradient_norm/f1"] >= published_f1
     assert result["fit_seconds"] < 3600
 
 
