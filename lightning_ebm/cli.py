@@ -366,7 +366,7 @@ class EBMCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         if trainer.num_training_batches == 0 and trainer.limit_train_batches != 0:
-            raise UserError(no_batches_message(trainer))
+            raise UserError(no_batches_message(trainer), every_process=True)
         if trainer.is_global_zero:
             log_dir = run_dir(trainer)
             ckpt = trainer.checkpoint_callback
@@ -878,7 +878,8 @@ def main(args: list[str] | None = None) -> int:
         user_error = user_error or runtime_error(exc, cli)
         if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr, flush=True)
+        if _rank_zero() or not getattr(user_error, "every_process", False):
+            print(f"error: {user_error}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
     return 0
 

@@ -59,7 +59,7 @@ class PeriodicMetricCheckpoint(ModelCheckpoint):
         bad = non_finite_entries(trainer.lightning_module.state_dict())
         if bad:
             message = non_finite_message(bad, trainer.global_step, not_written, self.last_good_checkpoint())
-            raise NonFiniteCheckpointError(message)
+            raise NonFiniteCheckpointError(message, every_process=True)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         self.check_finite(trainer, filepath)
