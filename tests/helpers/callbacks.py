@@ -62,3 +62,34 @@ class MetricsDigest(L.Callback):
         os.makedirs(self.dirpath, exist_ok=True)
         with open(os.path.join(self.dirpath, f"metrics{trainer.global_rank}.json"), "w") as f:
             json.dump(digest, f)
+
+
+class LoggedKeys(L.Callback):
+    """Writes ``<path>``: the names of the metrics logged by the end of each stage, and the shape and
+    finiteness of what ``predict`` returned for each batch (for the shipped-config tests)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path  # each run adds its stages to what earlier runs wrote there
+        self.record: dict[str, object] = json.loads(open(path).read()) if os.path.isfile(path) else {}
+
+    def _write(self, stage: str, trainer: L.Trainer) -> None:
+        self.record[stage] = sorted(trainer.logged_metrics)
+        with open(self.path, "w") as f:
+            json.dump(self.record, f)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write("fit", trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "validate":
+            self._write("validate", trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write("test", trainer)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        batch_size = pl_module.batch_data(batch).shape[0] if hasattr(pl_module, "batch_data") else len(batch[0])
+        entry = {"shape": list(outputs.shape), "batch_size": batch_size, "finite": bool(outputs.isfinite().all())}
+        self.record.setdefault("predict", []).append(entry)  # type: ignore[union-attr]
+        with open(self.path, "w") as f:
+            json.dump(self.record, f)
