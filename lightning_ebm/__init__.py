@@ -4,4 +4,4 @@ Every method is a :class:`lightning_ebm.models.EnergyBasedModel`; see its docstr
 (``energy``, ``sample``, ``load_from_checkpoint``) that callbacks and evaluation code rely on.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

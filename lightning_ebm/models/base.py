@@ -21,12 +21,11 @@ from torch import Tensor, nn
 from lightning_ebm.errors import UserError
 from lightning_ebm.nn.base import module_spec
 from lightning_ebm.optim import Schedule, build_optimizer, build_schedule, check_factories, to_spec
+from lightning_ebm.plugins import CHECKPOINT_FORMAT, FORMAT_KEY, check_checkpoint_format
 from lightning_ebm.rng import rng_states, seed_for_rank, set_rng_states
 from lightning_ebm.utils import check_choices
 
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
-#: The layout of the checkpoints this version writes (state-dict names, hyper-parameters); 1 was lightning-ebm 0.1.
-CHECKPOINT_FORMAT = 2
 
 
 class NetworkModule(L.LightningModule):
@@ -80,7 +79,7 @@ class NetworkModule(L.LightningModule):
         self._hparams_initial = type(hparams)(dict(hparams))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lightning_ebm_format"] = CHECKPOINT_FORMAT
+        checkpoint[FORMAT_KEY] = CHECKPOINT_FORMAT
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_format(checkpoint)
@@ -100,19 +99,6 @@ class NetworkModule(L.LightningModule):
                 raise exc from None
             check_checkpoint_format(checkpoint, checkpoint_path)
             raise
-
-
-def check_checkpoint_format(checkpoint: dict[str, Any], path: Any = None) -> None:
-    """Refuse a checkpoint written in another layout than this version's (:data:`CHECKPOINT_FORMAT`)."""
-    found = checkpoint.get("lightning_ebm_format", 1)
-    if found == CHECKPOINT_FORMAT:
-        return
-    where = f"{path} was" if path is not None else "this checkpoint was"
-    raise UserError(
-        f"{where} written by lightning-ebm {'0.1' if found == 1 else f'format {found}'} (checkpoint format "
-        f"{found}); this version reads format {CHECKPOINT_FORMAT}: retrain with this version, or evaluate it with "
-        "lightning-ebm 0.1"
-    )
 
 
 class EnergyBasedModel(NetworkModule, ABC):
