@@ -30,7 +30,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_ebm.models.rbm import MOMENTUM_SCHEDULE, SGD_RECIPE
 from lightning_ebm.models.stack import GreedyRBMStack
 from lightning_ebm.nn.boltzmann import MAX_ENUMERATED_UNITS
 from lightning_ebm.nn.dbm import DBMAnnealingPath, DBMNet
@@ -58,9 +57,6 @@ class DBM(GreedyRBMStack):
         layer_epochs: pretraining epochs of each layer's RBM (zeros: no pretraining); the joint
             training runs for the rest of ``trainer.max_epochs``.
         data_shape: shape of one example (default ``[layer_sizes[0]]``).
-        method, k, layer_num_chains, layer_optimizer, layer_schedule, init_visible_bias, num_filters: the
-            pretraining of every layer (:class:`~lightning_ebm.models.stack.GreedyRBMStack`'s ``method``,
-            ``k``, ``num_chains``, ...).
         optimizer: the optimiser of joint training (weight decay on the weights only);
             ``lr_schedule`` its schedule over the joint phase (the paper: linear decay to 0 and momentum
             0.9 after 5 epochs).
@@ -72,6 +68,9 @@ class DBM(GreedyRBMStack):
             ``mu`` moves more than ``mean_field_tol``.
         sample_steps: Gibbs sweeps of :meth:`sample`; ``sample_start`` ``noise`` or ``chains``.
         sample_mean: :meth:`sample` returns ``p(v = 1 | x_1)`` of its last sweep instead of ``v``.
+        layer_num_chains: persistent chains per process of PCD pretraining (default: the batch size).
+        stack_options: the rest of the pretraining of every layer (``method``, ``k``, ``layer_optimizer``,
+            ``layer_schedule``, ...: :class:`~lightning_ebm.models.stack.GreedyRBMStack`).
     """
 
     def __init__(
@@ -79,13 +78,6 @@ class DBM(GreedyRBMStack):
         layer_sizes: Sequence[int],
         layer_epochs: Sequence[int] | None = None,
         data_shape: Sequence[int] | None = None,
-        method: Literal["cd", "pcd"] = "cd",
-        k: int = 1,
-        layer_num_chains: int | None = None,
-        layer_optimizer: OptimizerCallable = SGD_RECIPE,
-        layer_schedule: LRSchedulerCallable | None = MOMENTUM_SCHEDULE,
-        init_visible_bias: bool = True,
-        num_filters: int = 100,
         optimizer: OptimizerCallable = JOINT_SGD,
         lr_schedule: LRSchedulerCallable | None = JOINT_SCHEDULE,
         init_std: float = 0.01,
@@ -97,12 +89,15 @@ class DBM(GreedyRBMStack):
         sample_steps: int = 1000,
         sample_start: Literal["noise", "chains"] = "noise",
         sample_mean: bool = False,
+        layer_num_chains: int | None = None,
+        **stack_options: Any,
     ) -> None:
         num_rbms = len(layer_sizes) - 1
         epochs = list(layer_epochs) if layer_epochs is not None else [0] * num_rbms
+        scales = pretraining_scales(max(num_rbms, 1))
         super().__init__(
-            layer_sizes, epochs, data_shape, method, k, layer_num_chains, layer_optimizer, layer_schedule, init_std,
-            init_visible_bias, num_filters, scales=pretraining_scales(max(num_rbms, 1)),
+            layer_sizes, epochs, data_shape, num_chains=layer_num_chains, init_std=init_std, scales=scales,
+            **stack_options,
         )  # fmt: skip
         self.save_hyperparameters()
         if min(num_chains, gibbs_steps, mean_field_steps, eval_mean_field_steps) < 1:

@@ -32,13 +32,12 @@ RBM and of the deeper nets can be compared within one run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_ebm.models.rbm import MOMENTUM_SCHEDULE, SGD_RECIPE
 from lightning_ebm.models.stack import GreedyRBMStack
 from lightning_ebm.nn.boltzmann import (
     MAX_ENUMERATED_UNITS,
@@ -48,7 +47,6 @@ from lightning_ebm.nn.boltzmann import (
     state_chunks,
 )
 from lightning_ebm.nn.rbm import RBMAnnealingPath, RBMLayer
-from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable
 from lightning_ebm.samplers.gibbs import sample_bernoulli
 
 
@@ -59,8 +57,6 @@ class DBN(GreedyRBMStack):
         layer_sizes: units per layer, the visible layer first (784-500-500-2000 in Hinton et al. 2006).
         layer_epochs: greedy-training epochs of each RBM; the run stops once the last is trained.
         data_shape: shape of one example (default ``[layer_sizes[0]]``).
-        method, k, num_chains, layer_optimizer, layer_schedule, init_std, init_visible_bias,
-            num_filters: the greedy training of every layer (:class:`~lightning_ebm.models.stack.GreedyRBMStack`).
         tied_init: start each RBM whose hidden layer has the size of its own visible layer's
             parent (``layer_sizes[l + 1] == layer_sizes[l - 1]``) from the transposed weights of the
             RBM below, as in Hinton et al. 2006: the DBN's bound then starts at the likelihood of
@@ -68,6 +64,8 @@ class DBN(GreedyRBMStack):
         sample_steps: Gibbs sweeps in the top RBM for :meth:`sample`.
         sample_mean: :meth:`sample` returns ``p(v = 1 | x_1)`` of the down pass instead of a sample.
         bound_samples: draws of ``q`` in the Monte-Carlo estimate of :meth:`energy`.
+        stack_options: the greedy training of every layer (``method``, ``k``, ``num_chains``,
+            ``layer_optimizer``, ``layer_schedule``, ...: :class:`~lightning_ebm.models.stack.GreedyRBMStack`).
     """
 
     def __init__(
@@ -75,23 +73,13 @@ class DBN(GreedyRBMStack):
         layer_sizes: Sequence[int],
         layer_epochs: Sequence[int],
         data_shape: Sequence[int] | None = None,
-        method: Literal["cd", "pcd"] = "cd",
-        k: int = 1,
-        num_chains: int | None = None,
-        layer_optimizer: OptimizerCallable = SGD_RECIPE,
-        layer_schedule: LRSchedulerCallable | None = MOMENTUM_SCHEDULE,
-        init_std: float = 0.01,
-        init_visible_bias: bool = True,
-        num_filters: int = 100,
         tied_init: bool = True,
         sample_steps: int = 1000,
         sample_mean: bool = False,
         bound_samples: int = 10,
+        **stack_options: Any,
     ) -> None:
-        super().__init__(
-            layer_sizes, layer_epochs, data_shape, method, k, num_chains, layer_optimizer, layer_schedule, init_std,
-            init_visible_bias, num_filters,
-        )  # fmt: skip
+        super().__init__(layer_sizes, layer_epochs, data_shape, **stack_options)
         self.save_hyperparameters()
         if bound_samples < 1:
             raise ValueError(f"bound_samples must be at least 1, got {bound_samples}")
