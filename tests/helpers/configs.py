@@ -16,7 +16,7 @@ def mnist(tmp_path: Path) -> list[str]:
 
 
 def mnist_classifier(tmp_path: Path) -> list[str]:
-    return [*mnist(tmp_path), "--data.test_size", "50"]
+    return [*mnist(tmp_path), "--data.test_size", "50", "--data.batch_size", "32"]
 
 
 def celeba(tmp_path: Path) -> list[str]:
