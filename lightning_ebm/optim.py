@@ -22,6 +22,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -29,7 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 OptimizerCallable = Callable[[Iterable], Optimizer]
 #: ``optimizer -> LRScheduler`` (the same forms).
 LRSchedulerCallable = Callable[[Optimizer], LRScheduler]
-_FACTORY_TYPES = (OptimizerCallable, LRSchedulerCallable, typing.Optional[LRSchedulerCallable])
+_FACTORY_TYPES = (OptimizerCallable, LRSchedulerCallable, typing.Optional[LRSchedulerCallable])  # noqa: UP045
 
 
 def spec(class_path: str, **init_args: Any) -> dict[str, Any]:
@@ -159,7 +160,10 @@ class Schedule(LRScheduler):
 
     def _apply(self) -> None:
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # the fast path's: changed in place, read by its graphs
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def set_phase(self, total_steps: int) -> None:

@@ -129,6 +129,7 @@ class DivergenceGuard(L.Callback):
             device = pl_module.device
             pl_module.load_per_rank_state({k: v.to(device, copy=True) for k, v in snap["per_rank"].items()})
         set_rng_states(snap["rng"])
+        getattr(pl_module, "invalidate_fused_step", lambda: None)()  # captured graphs held the replaced tensors
 
     # ------------------------------------------------------------------ detection
     def _values(self, pl_module: L.LightningModule, outputs: Any) -> tuple[Tensor | None, list[Tensor]]:

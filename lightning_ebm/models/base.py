@@ -19,6 +19,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from lightning_ebm.errors import UserError
+from lightning_ebm.fused import (
+    CapturedUpdate,
+    fused_step_unavailable,
+    make_capturable,
+    tensor_learning_rates,
+    warn_fallback,
+)
 from lightning_ebm.nn.base import module_spec
 from lightning_ebm.optim import Schedule, build_optimizer, build_schedule, check_factories, to_spec
 from lightning_ebm.plugins import CHECKPOINT_FORMAT, FORMAT_KEY, check_checkpoint_format
@@ -126,9 +133,11 @@ class EnergyBasedModel(NetworkModule, ABC):
     #: updated in turn): under DDP the reducer must then look for unused parameters at each backward.
     ddp_find_unused_parameters: bool = False
 
-    def __init__(self, data_shape: Sequence[int]) -> None:
+    def __init__(self, data_shape: Sequence[int], fused_step: bool = False) -> None:
         super().__init__()
         self.data_shape = tuple(int(d) for d in data_shape)
+        self.fused_step = bool(fused_step)
+        self._captured: CapturedUpdate | None = None
 
     # ------------------------------------------------------------------ the contract
     @abstractmethod
@@ -188,6 +197,79 @@ class EnergyBasedModel(NetworkModule, ABC):
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name in prog_bar)
 
+    # ------------------------------------------------------------------ training: one update per batch
+    #: Training metrics shown in the progress bar.
+    train_progress_bar: tuple[str, ...] = ()
+
+    def update(self, batch: Any, key: tuple, log: bool) -> dict[str, Tensor]:
+        """One training update on ``batch``: every player's loss, backward pass and optimiser step, the
+        chains' and buffers' moves. Written once per method and run as is by both paths: eagerly
+        (through Lightning's optimisers and ``manual_backward``), or captured and replayed as a CUDA
+        graph (``fused_step``, :mod:`lightning_ebm.fused`). So it must keep every tensor it carries
+        from step to step in place, never read a value back to the host, and leave Python-side
+        bookkeeping (counters, schedules) to :meth:`after_update`. ``key`` is :meth:`update_key`'s
+        answer for this batch; with ``log`` it returns the metrics to log, as tensors."""
+        raise NotImplementedError(f"{type(self).__name__} has no update()")
+
+    def update_key(self) -> tuple:
+        """What selects this batch's variant of :meth:`update` (e.g. whether the generator is due)."""
+        return ()
+
+    def after_update(self) -> None:
+        """Host-side bookkeeping after each update: one step of every schedule by default."""
+        self.step_schedules()
+
+    def host_metrics(self) -> dict[str, Any]:
+        """Training metrics known on the host (learning rates), logged with the update's."""
+        return {}
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        log = self.should_log_step
+        key = self.update_key()
+        update = self._captured if self._captured is not None else self.update
+        metrics = update(batch, key, log)
+        self.after_update()
+        if log:
+            self.log_train_metrics({**metrics, **self.host_metrics()}, prog_bar=self.train_progress_bar)
+
+    def update_optimizers(self) -> list:
+        """The optimisers :meth:`update` steps, in :meth:`configure_optimizers`'s order: Lightning's
+        wrappers on the eager path, the optimisers themselves on the fast path."""
+        optimizers = self.optimizers(use_pl_optimizer=self._captured is None)
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def backward_loss(self, loss: Tensor) -> None:
+        """``loss.backward()``: through Lightning (DDP, precision) eagerly, plainly on the fast path."""
+        if self._captured is None:
+            self.manual_backward(loss)
+        else:
+            loss.backward()
+
+    def setup_fused_step(self) -> None:
+        """Start the fast path when ``fused_step`` is set and the trainer allows it (else say why)."""
+        self._captured = None
+        if not self.fused_step:
+            return
+        reason = fused_step_unavailable(self._trainer)
+        if reason is not None:
+            if self.trainer.is_global_zero:
+                warn_fallback(reason)
+            return
+        optimizers = self.optimizers(use_pl_optimizer=False)
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        if self.device.type == "cuda":
+            make_capturable(optimizers)
+            tensor_learning_rates(optimizers)  # changed in place by the schedules, read by the graphs
+            torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matrix products
+            if any(p.dim() == 4 for p in self.parameters()):
+                self.to(memory_format=torch.channels_last)  # the layout of the fastest convolution kernels
+        self._captured = CapturedUpdate(self.update, optimizers, modules=[self])
+
+    def invalidate_fused_step(self) -> None:
+        """Drop captured graphs after state tensors were replaced (a checkpoint or snapshot restored)."""
+        if self._captured is not None:
+            self._captured.reset()
+
     # ------------------------------------------------------------------ optimisers and schedules
     optimizer_steps_per_batch: float = 1.0  # optimiser steps a batch makes on average (max_steps counts them)
 
@@ -241,6 +323,7 @@ class EnergyBasedModel(NetworkModule, ABC):
                 steps, first = self.schedule_phase(i)
                 scheduler.set_phase(steps)
                 scheduler.set_epoch(self.current_epoch - first)
+        self.setup_fused_step()
 
     def on_train_epoch_start(self) -> None:
         """Each :class:`~lightning_ebm.optim.Schedule` learns the epoch (step decay, momentum)."""
@@ -332,6 +415,7 @@ class EnergyBasedModel(NetworkModule, ABC):
                 value = value.reshape(-1, *value.shape[2:]).chunk(world)
             mine[name] = value[rank].to(self.device).clone()
         self.load_per_rank_state(mine)
+        self.invalidate_fused_step()
 
     # ------------------------------------------------------------------ evaluation: validate, test, predict
     #: Evaluation metrics shown in the progress bar.

@@ -185,7 +185,8 @@ class DBM(GreedyRBMStack):
         net = self.net
         if self.persistent_chains is None:
             self.persistent_chains = net.random_states(self.hparams.num_chains)
-        self.persistent_chains = block_gibbs(net.gibbs_sweep, self.persistent_chains, self.hparams.gibbs_steps)
+        chains = block_gibbs(net.gibbs_sweep, self.persistent_chains, self.hparams.gibbs_steps)
+        self.persistent_chains.copy_(chains)  # in place, so that a captured update carries them on
         return net.split_layers(self.persistent_chains)
 
     def stochastic_approximation_surrogate(self, data: Sequence[Tensor], model: Sequence[Tensor]) -> Tensor:
@@ -207,28 +208,25 @@ class DBM(GreedyRBMStack):
             loss = loss + (b * g).sum()
         return loss
 
-    def after_pretraining_step(self, x: Tensor, batch_idx: int) -> None:
+    def joint_update(self, x: Tensor, log: bool) -> dict[str, Tensor]:
+        """Stochastic approximation: the data term by mean field, the model term by the persistent chains."""
         hp, net = self.hparams, self.net
-        joint = len(self.layers)
-        optimizer = self.player_optimizer(joint)
+        optimizer = self.update_optimizers()[len(self.layers)]
         v = self.flatten(x)
         with torch.no_grad():
             mu = net.mean_field(v, hp.mean_field_steps)
             model = self.negative_phase()
         optimizer.zero_grad()
-        self.manual_backward(self.stochastic_approximation_surrogate(mu, model))
+        self.backward_loss(self.stochastic_approximation_surrogate(mu, model))
         optimizer.step()
-        self.step_schedules([joint])
-        if self.should_log_step:
-            with torch.no_grad():
-                free_energy = net.mean_field_free_energy(mu).mean()
-                metrics = {
-                    "mean_field_free_energy": free_energy,
-                    "energy_data": net.joint_energy(mu).mean(),
-                    "energy_samples": net.joint_energy(model).mean(),
-                    "lr": torch.tensor(optimizer.param_groups[0]["lr"]),
-                }
-            self.log_train_metrics(metrics, prog_bar=("mean_field_free_energy",))
+        if not log:
+            return {}
+        with torch.no_grad():
+            return {
+                "mean_field_free_energy": net.mean_field_free_energy(mu).mean(),
+                "energy_data": net.joint_energy(mu).mean(),
+                "energy_samples": net.joint_energy(model).mean(),
+            }
 
     @torch.no_grad()
     def evaluation_metrics(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:

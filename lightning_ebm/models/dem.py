@@ -69,6 +69,8 @@ class DEM(GeneratorEBM):
         mcmc_temperature: their temperature; below 1 sharpens the samples towards the energy's basins,
             above 1 widens basins that are sharper than the data's (``dem_toy.yaml``: 100, for an energy
             whose basins are 30-80 times as sharp as the modes, :func:`~lightning_ebm.evaluation.mode_sharpness`).
+        fused_step: run each training step as one captured CUDA graph on a GPU (:mod:`lightning_ebm.fused`);
+            the eager step otherwise.
     """
 
     def __init__(
@@ -92,8 +94,9 @@ class DEM(GeneratorEBM):
         mcmc_steps: int = 0,
         mcmc_step_size: float = 1e-3,
         mcmc_temperature: float = 1.0,
+        fused_step: bool = False,
     ) -> None:
-        super().__init__(data_shape)
+        super().__init__(data_shape, fused_step)
         self.save_hyperparameters()
         if energy_steps < 1:
             raise ValueError(f"energy_steps must be at least 1, got {energy_steps}")

@@ -47,8 +47,8 @@ class GeneratorEBM(EnergyBasedModel):
     #: The latent prior: ``normal`` (``N(0, I)``) or ``uniform`` (``U(-1, 1)``).
     latent_distribution: Literal["normal", "uniform"] = "normal"
 
-    def __init__(self, data_shape: Sequence[int]) -> None:
-        super().__init__(data_shape)
+    def __init__(self, data_shape: Sequence[int], fused_step: bool = False) -> None:
+        super().__init__(data_shape, fused_step)
         self.automatic_optimization = False
         self.energy_updates = 0  # energy updates so far; decides when the generator is updated
         self.last_acceptance_rate: Tensor | None = None
@@ -119,20 +119,30 @@ class GeneratorEBM(EnergyBasedModel):
         return loss, logs
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    train_progress_bar = ("energy_gap",)
+
+    def update_key(self) -> tuple:
+        """Whether the generator's players are updated in this batch (every ``generator_period`` batches)."""
+        return (self.energy_updates % (self.generator_period * self.energy_updates_per_batch) == 0,)
+
+    def update(self, batch: Any, key: tuple, log: bool) -> dict[str, Tensor]:
+        """The generator's players when due, then ``energy_updates_per_batch`` energy updates."""
+        (generator_due,) = key
         x = self.batch_data(batch)
-        energy_optimizer, *generator_optimizers = self.optimizers()  # type: ignore[misc]
-        log = self.should_log_step
+        energy_optimizer, *generator_optimizers = self.update_optimizers()
         metrics: dict[str, Tensor] = {}
-        if self.energy_updates % (self.generator_period * self.energy_updates_per_batch) == 0:
+        if generator_due:
             metrics.update(self.generator_update(x.shape[0], generator_optimizers, log))
         for _ in range(self.energy_updates_per_batch):
             metrics.update(self.energy_update(x, energy_optimizer, log))
-        self.step_schedules()  # one step per batch for every player
         if log:
             metrics["energy_gap"] = metrics["energy_samples"] - metrics["energy_data"]
             metrics.update(self.train_metrics())
-            self.log_train_metrics(metrics, prog_bar=("energy_gap",))
+        return metrics
+
+    def after_update(self) -> None:
+        self.energy_updates += self.energy_updates_per_batch
+        self.step_schedules()  # one step per batch for every player
 
     def generator_update(self, n: int, optimizers: Sequence[Any], log: bool) -> dict[str, Tensor]:
         """One update of the generator's players on ``n`` codes; the energy gets no gradient from it."""
@@ -140,7 +150,7 @@ class GeneratorEBM(EnergyBasedModel):
         loss, logs = self.generator_loss(self.latent(n))
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.backward_loss(loss)
         if log:
             for name, network, _ in self.generator_players():
                 logs[f"grad_norm_{name}"] = self.grad_norm(network.parameters())
@@ -155,11 +165,10 @@ class GeneratorEBM(EnergyBasedModel):
             x_fake = self.generator(self.latent(x.shape[0]))
         loss, logs = self.energy_loss(x, x_fake)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.backward_loss(loss)
         if log:
             logs["grad_norm_energy"] = self.grad_norm(self.energy_net.parameters())
         optimizer.step()
-        self.energy_updates += 1
         return {"loss_energy": loss.detach(), **logs}
 
     def configure_optimizers(self) -> Any:

@@ -93,6 +93,8 @@ class JEM(EnergyBasedModel):
             frequencies, then ``N(mean_y, diag(std_y^2))`` of that class's training examples, clamped
             to ``init_range``; fitted in one pass over the training data at the start of the first
             fit and kept in the checkpoint). Class-conditional chains restart from their own class.
+        fused_step: run each training step as one captured CUDA graph on a GPU (:mod:`lightning_ebm.fused`);
+            the eager step otherwise.
     """
 
     def __init__(
@@ -116,8 +118,9 @@ class JEM(EnergyBasedModel):
         energy_l2: float = 0.0,
         sgld_clamp: bool = False,
         reinit_from: Literal["uniform", "class_gaussian"] = "uniform",
+        fused_step: bool = False,
     ) -> None:
-        super().__init__(data_shape)
+        super().__init__(data_shape, fused_step)
         self.save_hyperparameters()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
@@ -136,6 +139,7 @@ class JEM(EnergyBasedModel):
             self.register_buffer("restart_std", torch.zeros(num_classes, *self.data_shape))
             self.register_buffer("restart_class_prob", torch.zeros(num_classes))
         self.num_classes = num_classes
+        self._restart_fitted = False
         self._buffer: ReplayBuffer | None = None
         #: The last training step's loss and energies, read by :class:`~lightning_ebm.callbacks.DivergenceGuard`.
         self.guard_metrics: dict[str, Tensor] = {}
@@ -179,8 +183,10 @@ class JEM(EnergyBasedModel):
         low, high = self.hparams.init_range
         if self.hparams.get("reinit_from", "uniform") != "class_gaussian":
             return torch.rand(n, *self.data_shape, device=self.device) * (high - low) + low
-        if not bool(self.restart_class_prob.sum() > 0):
-            raise RuntimeError("the class Gaussians are fitted at the start of training (fit_restart_gaussians)")
+        if not self._restart_fitted:  # checked once: reading the device here would stall every chain
+            if not bool(self.restart_class_prob.sum() > 0):
+                raise RuntimeError("the class Gaussians are fitted at the start of training (fit_restart_gaussians)")
+            self._restart_fitted = True
         if y is None:
             y = torch.multinomial(self.restart_class_prob, n, replacement=True)
         y = y.to(self.device).long()
@@ -316,7 +322,10 @@ class JEM(EnergyBasedModel):
         return loss, logs
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    train_progress_bar = ("accuracy", "energy_gap")
+
+    def update(self, batch: Any, key: tuple, log: bool) -> dict[str, Tensor]:
+        """Noised data, chains from the buffer (written back), the loss of (6.29-6.31) and Adam's step."""
         hp = self.hparams
         x, y = self.batch_data(batch), self._labels(batch)
         if hp.data_noise > 0:
@@ -326,23 +335,24 @@ class JEM(EnergyBasedModel):
         x_sgld = self.negative_samples(x.shape[0]) if hp.px_weight > 0 else None
         x_sgld_y = self.negative_samples(x.shape[0], y) if hp.pxy_weight > 0 else None
 
-        optimizer = self.optimizers()
+        (optimizer,) = self.update_optimizers()
         loss, logs = self.objective(x, y, x_sgld, x_sgld_y)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        log = self.should_log_step
+        self.backward_loss(loss)
         if log:
             logs["grad_norm"] = self.grad_norm(self.classifier.parameters())
         optimizer.step()
-        self.step_schedules()
 
         energies = ("energy_data", "energy_samples", "energy_data_y", "energy_samples_y")
         self.guard_metrics = {"loss": loss.detach(), **{k: logs[k] for k in energies if k in logs}}
-        if log:
-            if "energy_samples" in logs:
-                logs["energy_gap"] = logs["energy_samples"] - logs["energy_data"]
-            logs.update(loss=loss.detach(), lr=torch.tensor(optimizer.param_groups[0]["lr"]))
-            self.log_train_metrics(logs, prog_bar=("accuracy", "energy_gap"))
+        if not log:
+            return {}
+        if "energy_samples" in logs:
+            logs["energy_gap"] = logs["energy_samples"] - logs["energy_data"]
+        return {**logs, "loss": loss.detach()}
+
+    def host_metrics(self) -> dict[str, Any]:
+        return {"lr": self.update_optimizers()[0].param_groups[0]["lr"]}
 
     def _labels(self, batch: Any) -> Tensor:
         if isinstance(batch, (list, tuple)) and len(batch) >= 2 and isinstance(batch[1], Tensor):

@@ -75,6 +75,8 @@ class MEG(GeneratorEBM):
         mcmc_metropolis: Metropolis-adjust the visible-space chain (MALA); off gives unadjusted
             Langevin. The latent chain is always adjusted.
         anomaly_score: default score of :meth:`anomaly_score`: ``gradient_norm`` or ``energy``.
+        fused_step: run each training step as one captured CUDA graph on a GPU (:mod:`lightning_ebm.fused`);
+            the eager step otherwise.
     """
 
     def __init__(
@@ -98,8 +100,9 @@ class MEG(GeneratorEBM):
         mcmc_latent_prior: bool = True,
         mcmc_metropolis: bool = True,
         anomaly_score: AnomalyScore = "gradient_norm",
+        fused_step: bool = False,
     ) -> None:
-        super().__init__(data_shape)
+        super().__init__(data_shape, fused_step)
         self.save_hyperparameters()
         if energy_steps < 1:
             raise ValueError(f"energy_steps must be at least 1, got {energy_steps}")

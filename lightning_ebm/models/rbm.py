@@ -86,9 +86,16 @@ class ContrastiveDivergence:
             p = layer.hidden_probs(v)
             if step < self.k - 1:
                 h = sample_bernoulli(p)
-        if self.method == "pcd":
-            self.visible, self.hidden = v, sample_bernoulli(p)
+        if self.method == "pcd":  # in place, so that a captured update (lightning_ebm.fused) carries them on
+            self._keep(v, sample_bernoulli(p))
         return v, p
+
+    def _keep(self, visible: Tensor, hidden: Tensor) -> None:
+        if self.visible is not None and self.hidden is not None and self.visible.shape == visible.shape:
+            self.visible.copy_(visible)
+            self.hidden.copy_(hidden)
+        else:
+            self.visible, self.hidden = visible, hidden
 
     def _chain_hidden_states(self, layer: RBMLayer, v_data: Tensor) -> Tensor:
         """The persistent chains' hidden states: started from random visible states the first time,
@@ -109,7 +116,7 @@ class ContrastiveDivergence:
 
         The gradient goes into ``.grad`` in closed form (:meth:`RBMLayer.cd_gradients`), is averaged
         over the processes under DDP, and ``optimizer`` takes the step. With a learned variance the
-        gradient comes from autograd through :meth:`RBMLayer.cd_loss` (``module.manual_backward``).
+        gradient comes from autograd through :meth:`RBMLayer.cd_loss` (``module.backward_loss``).
         """
         world_size = module.trainer.world_size if module._trainer is not None else 1
         with torch.no_grad():
@@ -120,7 +127,7 @@ class ContrastiveDivergence:
             if layer.sparse:
                 loss = loss + layer.sparsity_loss(v_data, world_size)
             optimizer.zero_grad()
-            module.manual_backward(loss)
+            module.backward_loss(loss)
         else:
             layer.cd_gradients(v_data, p_data, v_model, p_model)
             if layer.sparse:
@@ -252,6 +259,8 @@ class RBM(EnergyBasedModel):
         sample_mean: :meth:`sample` returns the mean of ``p(v | h)`` at its last step instead of a
             sample (smoother images).
         num_filters: hidden units whose weights are drawn as images every epoch (0 disables it).
+        fused_step: run each training step as one captured CUDA graph on a GPU (:mod:`lightning_ebm.fused`);
+            the eager step otherwise.
     """
 
     def __init__(
@@ -277,9 +286,10 @@ class RBM(EnergyBasedModel):
         sample_start: Literal["noise", "chains"] = "noise",
         sample_mean: bool = False,
         num_filters: int = 100,
+        fused_step: bool = False,
     ) -> None:
         shape = tuple(data_shape) if data_shape is not None else (n_visible,)
-        super().__init__(shape)
+        super().__init__(shape, fused_step)
         self.save_hyperparameters()
         self.automatic_optimization = False  # the update is written in closed form
         if math.prod(shape) != n_visible:
@@ -339,19 +349,24 @@ class RBM(EnergyBasedModel):
         return self.layer.annealing_path(None if data is None else self.flatten(data.to(self.device)))
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    train_progress_bar = ("reconstruction_error",)
+
+    def update(self, batch: Any, key: tuple, log: bool) -> dict[str, Tensor]:
+        """One CD-k / PCD-k update (:class:`ContrastiveDivergence`), and the monitoring metrics."""
         v_data = self.flatten(self.batch_data(batch))
-        optimizer = self.optimizers()
+        (optimizer,) = self.update_optimizers()
         v_model, _ = self.cd.update(self.layer, v_data, optimizer, self)
-        self.step_schedules()
-        if self.should_log_step:
-            with torch.no_grad():
-                metrics = monitoring_metrics(self.layer, v_data)
-                metrics["free_energy_gap"] = self.layer.free_energy(v_model).mean() - metrics["free_energy"]
-                metrics["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
-                if self.layer.gaussian:
-                    metrics["sigma_mean"] = self.layer.variance.sqrt().mean()
-            self.log_train_metrics(metrics, prog_bar=("reconstruction_error",))
+        if not log:
+            return {}
+        with torch.no_grad():
+            metrics = monitoring_metrics(self.layer, v_data)
+            metrics["free_energy_gap"] = self.layer.free_energy(v_model).mean() - metrics["free_energy"]
+            if self.layer.gaussian:
+                metrics["sigma_mean"] = self.layer.variance.sqrt().mean()
+        return metrics
+
+    def host_metrics(self) -> dict[str, Any]:
+        return {"lr": self.update_optimizers()[0].param_groups[0]["lr"]}
 
     @torch.no_grad()
     def evaluation_metrics(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:

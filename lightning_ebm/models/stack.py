@@ -13,7 +13,7 @@ schedule, weight decay on ``W``). All layers train within one ``fit``; the epoch
 so a resumed run continues in the layer it stopped in.
 
 Subclasses (:class:`~lightning_ebm.models.DBN`, :class:`~lightning_ebm.models.DBM`) say what the
-trained stack is and may add a phase after it (:meth:`GreedyRBMStack.after_pretraining_step`).
+trained stack is and may add a phase after it (:meth:`GreedyRBMStack.joint_update`).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class GreedyRBMStack(EnergyBasedModel):
         init_visible_bias: start the first layer's visible biases from the data means.
         num_filters: hidden units of the layer in training drawn as images every epoch.
         scales: ``(bottom_up_scale, top_down_scale)`` of each layer (default all 1).
+        fused_step: run each training step as one captured CUDA graph on a GPU (:mod:`lightning_ebm.fused`).
     """
 
     ddp_find_unused_parameters = True  # a step updates one layer only
@@ -75,9 +76,10 @@ class GreedyRBMStack(EnergyBasedModel):
         init_visible_bias: bool = True,
         num_filters: int = 100,
         scales: Sequence[tuple[float, float]] | None = None,
+        fused_step: bool = False,
     ) -> None:
         sizes = [int(n) for n in layer_sizes]
-        super().__init__(tuple(data_shape) if data_shape is not None else (sizes[0],))
+        super().__init__(tuple(data_shape) if data_shape is not None else (sizes[0],), fused_step)
         check_choices(GreedyRBMStack.__init__, {"method": method})
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"layer_sizes needs the visible layer and at least one hidden layer, got {sizes}")
@@ -150,36 +152,50 @@ class GreedyRBMStack(EnergyBasedModel):
         return v
 
     # ------------------------------------------------------------------ training
-    def player_optimizer(self, index: int) -> Any:
-        optimizers = self.optimizers()
-        return optimizers[index] if isinstance(optimizers, list) else optimizers
+    train_progress_bar = ("layer", "mean_field_free_energy")
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        layer = self.current_layer
+    def update_key(self) -> tuple:
+        """The layer in greedy training (None after it)."""
+        return (self.current_layer,)
+
+    def update(self, batch: Any, key: tuple, log: bool) -> dict[str, Tensor]:
+        (layer,) = key
         x = self.batch_data(batch)
         if layer is None:
-            self.after_pretraining_step(x, batch_idx)
-        else:
-            self.pretraining_step(x, layer)
+            return self.joint_update(x, log)
+        return self.pretraining_update(x, layer, log)
 
-    def pretraining_step(self, x: Tensor, layer: int) -> None:
-        """One CD / PCD update of ``layer`` on the up-passed batch; metrics under ``train/layer{l}/``."""
+    def pretraining_update(self, x: Tensor, layer: int, log: bool) -> dict[str, Tensor]:
+        """One CD / PCD update of ``layer`` on the up-passed batch; metrics under ``layer{l}/``."""
         rbm = self.layers[layer]
-        optimizer = self.player_optimizer(layer)
+        optimizer = self.update_optimizers()[layer]
         with torch.no_grad():
             v_data = self.up_pass(x, layer)
         v_model, _ = self.cd[layer].update(rbm, v_data, optimizer, self)
-        self.step_schedules([layer])
-        if self.should_log_step:
-            with torch.no_grad():
-                metrics = monitoring_metrics(rbm, v_data)
-                metrics["free_energy_gap"] = rbm.free_energy(v_model).mean() - metrics["free_energy"]
-                metrics["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
-            self.log_train_metrics({f"layer{layer}/{k}": v for k, v in metrics.items()})
-            self.log("train/layer", float(layer), on_step=True, on_epoch=False, prog_bar=True)
+        if not log:
+            return {}
+        with torch.no_grad():
+            metrics = monitoring_metrics(rbm, v_data)
+            metrics["free_energy_gap"] = rbm.free_energy(v_model).mean() - metrics["free_energy"]
+        return {f"layer{layer}/{k}": v for k, v in metrics.items()}
 
-    def after_pretraining_step(self, x: Tensor, batch_idx: int) -> None:
-        """A step after greedy training (a DBM's joint training); the stack alone has none."""
+    def joint_update(self, x: Tensor, log: bool) -> dict[str, Tensor]:
+        """An update after greedy training (a DBM's joint training); the stack alone has none."""
+        return {}
+
+    def _player(self) -> int:
+        """The optimiser (and schedule) in use: the layer in training, or the later phase's after them."""
+        layer = self.current_layer
+        return layer if layer is not None else len(self.layers)
+
+    def after_update(self) -> None:
+        if self._player() < len(self.schedulers()):
+            self.step_schedules([self._player()])
+
+    def host_metrics(self) -> dict[str, Any]:
+        layer, index = self.current_layer, self._player()
+        lr = self.update_optimizers()[index].param_groups[0]["lr"]
+        return {"lr": lr} if layer is None else {f"layer{layer}/lr": lr, "layer": float(layer)}
 
     @property
     def has_later_phase(self) -> bool:

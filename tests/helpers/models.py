@@ -53,7 +53,7 @@ def meg_rates(energy: float, generator: float, statistics: float) -> dict:
 def manual_optimisation(model) -> list:
     """The model's optimisers and schedules outside a Trainer (plain objects, losses by ``backward``)."""
     optimizers, schedulers = model.configure_optimizers()
-    model.optimizers = lambda: optimizers
+    model.optimizers = lambda use_pl_optimizer=True: optimizers
     model.lr_schedulers = lambda: [s["scheduler"] for s in schedulers]
     model.manual_backward = lambda loss: loss.backward()
     return optimizers

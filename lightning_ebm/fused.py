@@ -1,0 +1,264 @@
+"""The fast path: a method's whole training update captured once as a CUDA graph and replayed.
+
+A training step of these methods is hundreds of small kernels (two or three players' forward and
+backward passes, Langevin or Gibbs chains, optimiser steps), each a launch plus Python and Lightning
+overhead: on a GPU they are launch-bound. :class:`CapturedUpdate` runs a method's
+:meth:`~lightning_ebm.models.EnergyBasedModel.update` eagerly for a few warm-up steps (optimiser
+states and persistent chains are created then), captures it with :func:`torch.cuda.graph` (whole-step
+capture: forward, backward, optimiser steps and random numbers), and replays the graph for every
+later batch after copying the batch into the graph's static input tensors. The update keeps every
+tensor it carries from step to step in place (parameters, optimiser states, chains, replay buffers),
+never synchronises with the host, and returns its metrics as tensors that the graph overwrites at
+each replay: the method reads them only on logging steps.
+
+Python control flow is frozen at capture, so each variant of the update (a step that also updates the
+generator, the layer in training, a logging step) has its own graph, sharing one memory pool.
+Hyper-parameters that the kernels take by value (momentum, betas, weight decay) are part of the key:
+a change (the momentum switch of the RBM recipe) captures anew. Learning rates become device tensors
+so that the schedules change them between replays.
+
+On a CPU, or where capture is not possible (DDP, a precision plugin with a gradient scaler), the
+update runs eagerly: the same function, so results are those of the reference path. For tests
+without a GPU, :class:`CapturedUpdate` emulates capture on CPU tensors: it "replays" by running the
+update again on the static inputs, copies the results into the outputs recorded at capture, and
+checks on every replay that a real replay would have done the same: no state tensor rebound, no
+Python attribute changed, no host synchronisation (:class:`HostSyncDetector`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+Batch = Tensor | Sequence[Tensor]
+
+
+def _tensors(batch: Batch) -> list[Tensor]:
+    return [batch] if isinstance(batch, Tensor) else list(batch)
+
+
+def _rebuild(batch: Batch, tensors: list[Tensor]) -> Batch:
+    return tensors[0] if isinstance(batch, Tensor) else type(batch)(tensors)
+
+
+def optimizer_signature(optimizers: Sequence[torch.optim.Optimizer]) -> tuple:
+    """The hyper-parameters the optimisers' kernels take by value (all but the learning rate)."""
+    return tuple(
+        tuple(
+            (k, v) for k, v in sorted(group.items()) if k not in ("params", "lr") and isinstance(v, (int, float, tuple))
+        )
+        for optimizer in optimizers
+        for group in optimizer.param_groups
+    )
+
+
+def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Optimisers whose step a CUDA graph can capture: Adam and AdamW keep their step counts on the device
+    (``capturable``), AdaGrad runs its fused kernel (its other kernels read the step count on the host).
+    SGD needs nothing. Existing step counts move to their parameters' devices."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and not group.get("fused"):
+                group["capturable"] = True
+            elif isinstance(optimizer, torch.optim.Adagrad) and not group.get("fused"):
+                group["fused"], group["foreach"] = True, False
+        for param, state in optimizer.state.items():
+            if isinstance(state.get("step"), Tensor):
+                state["step"] = state["step"].to(param.device, torch.float32)
+
+
+def tensor_learning_rates(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Learning rates as device tensors (changed in place by the schedules, read by the graph)."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            if not isinstance(group["lr"], Tensor):
+                device = group["params"][0].device
+                group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+#: Operators that read a device value back to the host (or need host data), and so stall the
+#: device and cannot be captured: ``.item()``, ``bool(t)``, ``nonzero``, boolean masks, ``torch.tensor(data)``.
+HOST_SYNC_OPS = {
+    "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::nonzero_static",
+    "aten::masked_select", "aten::_unique2", "aten::unique_consecutive", "aten::unique_dim", "aten::equal",
+    "aten::allclose", "aten::lift_fresh", "aten::lift_fresh_copy",
+}  # fmt: skip
+
+
+class HostSyncDetector(TorchDispatchMode):
+    """Records the operators dispatched inside it, and those of them that synchronise with the host
+    (:data:`HOST_SYNC_OPS`, and indexing with a boolean mask), with ``raise_on_sync`` raising at once."""
+
+    def __init__(self, raise_on_sync: bool = False) -> None:
+        super().__init__()
+        self.raise_on_sync = raise_on_sync
+        self.ops = 0
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops += 1
+        name = func._schema.name
+        boolean_index = name in ("aten::index", "aten::index_put_", "aten::index_put") and any(
+            isinstance(i, Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []) or []
+        )
+        if name in HOST_SYNC_OPS or boolean_index:
+            self.syncs.append(name)
+            if self.raise_on_sync:
+                raise RuntimeError(f"{name} synchronises with the host inside a captured update")
+        return func(*args, **(kwargs or {}))
+
+
+def _state_of(modules: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> Iterator[tuple]:
+    """What a replay must leave as it found it: the identity of every tensor the update carries from step to
+    step (parameters, buffers, optimiser states, tensor attributes such as chains and replay buffers) and
+    every plain Python attribute of the modules."""
+    for module in modules:
+        for prefix, sub in module.named_modules():
+            for name, value in vars(sub).items():
+                if name.startswith("_") and name not in ("_buffer",):
+                    continue
+                if isinstance(value, Tensor):
+                    yield (prefix, name, id(value))
+                elif isinstance(value, (int, float, str, bool, type(None))):
+                    yield (prefix, name, value)
+                elif hasattr(value, "__dict__") and not isinstance(value, nn.Module):  # chains, buffers
+                    yield from ((prefix, name, k, id(v)) for k, v in vars(value).items() if isinstance(v, Tensor))
+                    yield from ((prefix, name, k, v) for k, v in vars(value).items() if isinstance(v, (int, float)))
+                elif isinstance(value, list):
+                    for i, item in enumerate(value):
+                        if hasattr(item, "__dict__") and not isinstance(item, nn.Module):
+                            yield from (
+                                (prefix, name, i, k, id(v)) for k, v in vars(item).items() if isinstance(v, Tensor)
+                            )
+            for name, p in sub.named_parameters(recurse=False):  # (gradients are made and used within a step)
+                yield (prefix, name, id(p), p.requires_grad)
+            for name, b in sub.named_buffers(recurse=False):
+                yield (prefix, name, id(b))
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            yield tuple(id(v) if isinstance(v, Tensor) else v for k, v in sorted(group.items()) if k != "params")
+        for state in optimizer.state.values():
+            yield tuple((k, id(v)) for k, v in sorted(state.items()) if isinstance(v, Tensor))
+
+
+class CapturedUpdate:
+    """Runs ``update(batch, *key)`` as one CUDA graph per ``key`` (see the module docstring).
+
+    Args:
+        update: the function to capture; it must keep its state in place and return a dict of tensors.
+        optimizers: the raw optimisers it steps (their by-value hyper-parameters key the graphs).
+        warmup_steps: eager calls of each key before it is captured.
+        modules: the modules whose state a replay must keep in place (checked when emulating on a CPU).
+    """
+
+    def __init__(
+        self,
+        update: Callable[..., dict[str, Tensor]],
+        optimizers: Sequence[torch.optim.Optimizer],
+        warmup_steps: int = 3,
+        modules: Sequence[nn.Module] = (),
+    ) -> None:
+        self.update = update
+        self.optimizers = list(optimizers)
+        self.modules = list(modules)
+        self.warmup_steps = warmup_steps
+        self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, list[Tensor], dict[str, Tensor]]] = {}
+        self.calls: dict[Hashable, int] = {}
+        self.pool = None
+        self.stream: torch.cuda.Stream | None = None
+        self.replays = 0
+
+    def reset(self) -> None:
+        """Forget every graph (state tensors were replaced: a rollback, a checkpoint restored)."""
+        self.graphs.clear()
+        self.calls.clear()
+
+    def __call__(self, batch: Batch, *key: Hashable) -> dict[str, Tensor]:
+        tensors = _tensors(batch)
+        full_key = (key, tuple((t.shape, t.dtype) for t in tensors), optimizer_signature(self.optimizers))
+        entry = self.graphs.get(full_key)
+        if entry is None:
+            calls = self.calls.get(full_key, 0)
+            self.calls[full_key] = calls + 1
+            if calls < self.warmup_steps:
+                return self._eager(batch, key)
+            entry = self._capture(batch, key, full_key)
+            if entry[0] is None:  # emulated: capturing ran the update, as a replay would have
+                return entry[2]
+        graph, inputs, outputs = entry
+        for static, value in zip(inputs, tensors):
+            static.copy_(value, non_blocking=True)
+        if graph is None:
+            self._emulated_replay(batch, key, inputs, outputs)
+        else:
+            graph.replay()
+        self.replays += 1
+        return outputs
+
+    def _emulated_replay(self, batch: Batch, key: tuple, inputs: list[Tensor], outputs: dict[str, Tensor]) -> None:
+        """On a CPU: the update again on the static inputs, checked to be what a graph replay would do."""
+        before = list(_state_of(self.modules, self.optimizers))
+        with HostSyncDetector(raise_on_sync=True):
+            fresh = self.update(_rebuild(batch, inputs), *key)
+        changed = [a for a, b in zip(before, _state_of(self.modules, self.optimizers)) if a != b]
+        if changed or set(fresh) != set(outputs):
+            raise RuntimeError(
+                f"a replayed update would differ from the update: state rebound or changed {changed[:3]}"
+            )
+        for name, value in fresh.items():
+            outputs[name].copy_(value)
+
+    def _eager(self, batch: Batch, key: tuple) -> dict[str, Tensor]:
+        """A warm-up call on a side stream (as capture requires of what it captures)."""
+        if not _on_cuda(batch):
+            return self.update(batch, *key)
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            out = self.update(batch, *key)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return out
+
+    def _capture(self, batch: Batch, key: tuple, full_key: Hashable) -> tuple:
+        inputs = [t.clone(memory_format=torch.channels_last if t.dim() == 4 else torch.contiguous_format)
+                  for t in _tensors(batch)]  # fmt: skip
+        if not _on_cuda(batch):  # emulated: the outputs of this first call are those later calls update
+            entry = (None, inputs, dict(self.update(_rebuild(batch, inputs), *key)))
+            self.graphs[full_key] = entry
+            return entry
+        graph = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = self.update(_rebuild(batch, inputs), *key)
+        entry = (graph, inputs, outputs)
+        self.graphs[full_key] = entry
+        return entry
+
+
+def _on_cuda(batch: Batch) -> bool:
+    return _tensors(batch)[0].is_cuda
+
+
+def fused_step_unavailable(trainer: Any) -> str | None:
+    """Why the fast path cannot run with ``trainer`` (None when it can)."""
+    if trainer is None:
+        return "no trainer"
+    if trainer.strategy.root_device.type != "cuda":
+        return "not on a CUDA device"
+    if trainer.world_size > 1:
+        return "several processes (the graphs would hold DDP's all-reduce)"
+    if getattr(trainer.precision_plugin, "scaler", None) is not None:
+        return "a gradient scaler (16-mixed precision); use bf16-mixed or 32"
+    return None
+
+
+def warn_fallback(reason: str) -> None:
+    warnings.warn(f"fused_step: {reason}; training steps run eagerly", stacklevel=3)
