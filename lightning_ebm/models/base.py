@@ -108,6 +108,18 @@ class NetworkModule(L.LightningModule):
             raise
 
 
+def share_out(pool: Tensor, world: int, granule: int = 1) -> Tensor:
+    """``pool`` (states along dim 0) shared out to ``world`` processes: ``(world, share, ...)`` with every
+    share the same size, a multiple of ``granule``, contiguous in the pool (so a state at pool index
+    ``p`` keeps the label ``p % granule`` it had in its own process's buffer of a multiple of
+    ``granule`` slots). The few states that do not divide evenly are left out; with fewer states than
+    processes need, the pool is repeated."""
+    n = pool.shape[0]
+    share = max(granule, n // (world * granule) * granule)
+    index = (torch.arange(world).unsqueeze(1) * share + torch.arange(share)) % n
+    return pool[index]
+
+
 class EnergyBasedModel(NetworkModule, ABC):
     """Base class of every method: an energy-based model of data shaped ``data_shape``.
 
@@ -373,8 +385,10 @@ class EnergyBasedModel(NetworkModule, ABC):
         rank, world = self._rank_and_world()
         if per_rank is not None and world == len(per_rank):
             set_rng_states(per_rank[rank])
-        elif "rng_states" in checkpoint:
+        elif "rng_states" in checkpoint:  # (saved by another number of processes: each its own stream again)
             set_rng_states(checkpoint["rng_states"])
+            if world > 1:
+                seed_for_rank(rank)
         self._per_rank_state_from_checkpoint = checkpoint.get("per_rank_state")
         self._restore_per_rank_state()
 
@@ -402,9 +416,14 @@ class EnergyBasedModel(NetworkModule, ABC):
     def _rank_and_world(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
 
+    #: Per-process state saved by one number of processes and resumed on another is shared out in
+    #: equal shares of a multiple of this many states (JEM: the classes that label its buffer's slots).
+    per_rank_granule: int = 1
+
     def _restore_per_rank_state(self) -> None:
-        """This process's slice of the saved per-process state (process ``r`` of ``N`` takes slice ``r``;
-        saved by another number of processes, the state is pooled and shared out again)."""
+        """This process's slice of the saved per-process state: process ``r`` of ``N`` takes slice ``r``;
+        saved by another number of processes, the states are pooled and shared out again
+        (:func:`share_out`), every process the same number (DDP gathers them at each checkpoint)."""
         saved = getattr(self, "_per_rank_state_from_checkpoint", None)
         if not saved:
             return
@@ -412,7 +431,7 @@ class EnergyBasedModel(NetworkModule, ABC):
         mine = {}
         for name, value in saved.items():
             if value.shape[0] != world:
-                value = value.reshape(-1, *value.shape[2:]).chunk(world)
+                value = share_out(value.reshape(-1, *value.shape[2:]), world, self.per_rank_granule)
             mine[name] = value[rank].to(self.device).clone()
         self.load_per_rank_state(mine)
         self.invalidate_fused_step()

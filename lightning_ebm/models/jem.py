@@ -139,6 +139,7 @@ class JEM(EnergyBasedModel):
             self.register_buffer("restart_std", torch.zeros(num_classes, *self.data_shape))
             self.register_buffer("restart_class_prob", torch.zeros(num_classes))
         self.num_classes = num_classes
+        self.per_rank_granule = num_classes  # slot i of the buffer is labelled i % num_classes
         self._restart_fitted = False
         self._buffer: ReplayBuffer | None = None
         #: The last training step's loss and energies, read by :class:`~lightning_ebm.callbacks.DivergenceGuard`.
