@@ -17,7 +17,8 @@ one Adam step:
   with their warm-up. Their loop draws two data batches per iteration (one for p(x), one labelled
   for p(y|x)), so it runs three forward passes of 64 images after sampling where ours runs two;
   that is their recipe and is timed as it is. Their code picks the device only in ``main`` (not
-  called here); everything runs on the CPU, so their ``.to(device)`` and ``.cpu()`` are no-ops.
+  called here); here it is ``--device``: on the CPU (the default) their ``.to(device)`` and
+  ``.cpu()`` are no-ops.
 
 The two alternate in blocks (``--iters`` timed iterations after ``--warmup`` untimed ones per block,
 ``--blocks`` blocks, the order flipped every block) so that both see the same machine load; the
@@ -30,10 +31,25 @@ with ``downsample: second`` (``--downsample first`` times the shipped layout, wh
 multiply-adds); ``--contiguous`` times ours in PyTorch's default memory layout instead of
 channels-last.
 
+On a GPU (``--device cuda``): their network and sampler run on the GPU as their ``main`` runs them
+(``get_model_and_buffer`` and ``get_sample_q`` with the CUDA device); their replay buffer stays in host
+memory, as in their script (their ``sample_p_0`` draws the restarts on the host and mixes them with
+the buffer's rows there, then moves the batch to the device, and their sampler writes the chains back
+with ``.cpu()``): moving it would mean changing their code. Their data batches are on the GPU. Ours:
+the data made on the GPU once and served as device tensors (Lightning's transfer is then a no-op),
+``Trainer(accelerator="gpu")``, in each precision of ``--ours`` (``32-true``, ``bf16-mixed``; with
+``:fused``, the fast path, ``fused_step``, which captures the step as CUDA graphs after three eager
+calls, so ``--warmup`` must be at least 4 there; each block is a fresh ``Trainer.fit``, so each block
+captures anew in its warm-up). Importing their module sets ``torch.backends.cudnn.benchmark = True``
+for the whole process (ours too); the result says so. Clocks are synchronised at the start and end
+of each timed block. ``--depth 28 --width 10`` is the paper's WRN-28-10.
+
 Get their code with ``git clone https://github.com/wgrathwohl/JEM`` (it needs torchvision, numpy,
-tqdm). Example (one thread, a few minutes)::
+tqdm). Examples (one thread, a few minutes; the GPU one about a minute on an H200)::
 
     OMP_NUM_THREADS=1 python benchmarks/jem_reference.py --reference-dir ../JEM --threads 1
+    python benchmarks/jem_reference.py --reference-dir .ref/JEM --device cuda --depth 28 --width 10 \
+        --ours 32-true bf16-mixed bf16-mixed:fused --blocks 2 --warmup 5 --iters 5
 """
 
 from __future__ import annotations
@@ -68,27 +84,63 @@ def synthetic_batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------- ours
-class Timer(L.Callback):
-    """Wall-clock and CPU time from the start of batch ``warmup`` to the end of the last batch."""
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.batches, self.wall, self.cpu = warmup, 0, 0.0, 0.0
+
+class Timer(L.Callback):
+    """Wall-clock and CPU time from the start of batch ``warmup`` to the end of batch ``total`` (on a GPU,
+    the device synchronised there, at the start and at the end, never in between)."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total, self.batches, self.wall, self.cpu = warmup, total, 0, 0.0, 0.0
+        self.replays = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         if self.batches == self.warmup:
+            synchronize(pl_module.device)
             self.t0, self.c0 = time.perf_counter(), time.process_time()
+            captured = getattr(pl_module, "_captured", None)
+            self.replays0 = 0 if captured is None else captured.replays
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.batches += 1
         if self.batches > self.warmup:
+            if self.batches == self.total:
+                synchronize(pl_module.device)
             self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            captured = getattr(pl_module, "_captured", None)
+            self.replays = 0 if captured is None else captured.replays - self.replays0
 
 
-def build_ours(args: argparse.Namespace) -> L.LightningModule:
+class Batches:
+    """Ready-made batches served in order (a plain list would be read by Lightning as a list of loaders)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def parse_variant(variant: str) -> tuple[str, bool]:
+    """``PRECISION[:fused]`` -> (Lightning precision, fast path)."""
+    precision, _, fused = variant.partition(":")
+    if fused not in ("", "fused"):
+        raise SystemExit(f"--ours {variant!r}: PRECISION or PRECISION:fused")
+    return precision, fused == "fused"
+
+
+def build_ours(args: argparse.Namespace, fused: bool = False) -> L.LightningModule:
     wrn = "--model.init_args.classifier.init_args."
     argv = ["--config", "jem_cifar", "--trainer.logger", "false", f"{wrn}depth", str(args.depth),
             f"{wrn}widen_factor", str(args.width), f"{wrn}downsample", args.downsample,
-            f"{wrn}channels_last", str(not args.contiguous).lower()]  # fmt: skip
+            f"{wrn}channels_last", str(not args.contiguous).lower(),
+            "--model.init_args.fused_step", str(fused).lower()]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cli = EBMCLI(args=resolve_config_args(argv), run=False)
@@ -102,21 +154,31 @@ def build_ours(args: argparse.Namespace) -> L.LightningModule:
     return cli.model
 
 
-def ours_block(model: L.LightningModule, args: argparse.Namespace, generator: torch.Generator) -> tuple[float, float]:
-    """``warmup + iters`` batches through a fresh ``Trainer.fit`` (the model and its buffer persist)."""
+def ours_block(
+    model: L.LightningModule, args: argparse.Namespace, generator: torch.Generator, precision: str = "32-true"
+) -> tuple[float, float, int]:
+    """``warmup + iters`` batches through a fresh ``Trainer.fit`` (the model and its buffer persist);
+    wall and CPU seconds of the timed batches and how many of them were replays of the fast path."""
     batches = [synthetic_batch(generator) for _ in range(args.warmup + args.iters)]
-    data = torch.utils.data.TensorDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-    timer = Timer(args.warmup)
+    cuda = args.device == "cuda"
+    if cuda:  # made on the device once: Lightning's transfer of a batch is then a no-op
+        loader = Batches([(x.to("cuda"), y.to("cuda")) for x, y in batches])
+    else:
+        data = torch.utils.data.TensorDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+        loader = torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=False)
+    timer = Timer(args.warmup, args.warmup + args.iters)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        callbacks=[timer], default_root_dir=tempfile.mkdtemp(prefix="lightning_ebm_jemref_"),
+        accelerator="gpu" if cuda else "cpu", devices=1, precision=precision, max_epochs=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        num_sanity_val_steps=0, callbacks=[timer], default_root_dir=tempfile.mkdtemp(prefix="lightning_ebm_jemref_"),
     )  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, loader)
     assert timer.batches == args.warmup + args.iters, timer.batches
-    return timer.wall, timer.cpu
+    for message in {str(w.message) for w in caught if str(w.message).startswith("fused_step:")}:
+        print(f"  (ours: {message})", flush=True)
+    return timer.wall, timer.cpu, timer.replays
 
 
 # ---------------------------------------------------------------------------------------------- theirs
@@ -134,8 +196,9 @@ class Reference:
             buffer_size=10_000, load_path=None, batch_size=BATCH, n_steps=20, sgld_lr=1.0, sgld_std=0.01,
             reinit_freq=0.05, lr=1e-4, warmup_iters=1000, p_x_weight=1.0, p_y_given_x_weight=1.0,
         )  # fmt: skip
-        self.f, self.buffer = ref.get_model_and_buffer(self.args, "cpu", None)
-        self.sample_q = ref.get_sample_q(self.args, "cpu")
+        self.device = torch.device(args.device)
+        self.f, self.buffer = ref.get_model_and_buffer(self.args, self.device, None)  # their buffer: on the host
+        self.sample_q = ref.get_sample_q(self.args, self.device)
         self.optim = torch.optim.Adam(self.f.parameters(), lr=self.args.lr, betas=[0.9, 0.999], weight_decay=0.0)
         self.cur_iter = 0
 
@@ -156,12 +219,14 @@ class Reference:
 
     def block(self, args: argparse.Namespace, generator: torch.Generator) -> tuple[float, float]:
         noisy = [(x + 0.03 * torch.randn_like(x), y) for x, y in (synthetic_batch(generator) for _ in range(2))]
-        (x_p_d, _), (x_lab, y_lab) = noisy
+        (x_p_d, _), (x_lab, y_lab) = ((x.to(self.device), y.to(self.device)) for x, y in noisy)
         for _ in range(args.warmup):
             self.iteration(x_p_d, x_lab, y_lab)
+        synchronize(self.device)
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.iters):
             self.iteration(x_p_d, x_lab, y_lab)
+        synchronize(self.device)
         return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -180,7 +245,7 @@ def multiply_adds(net: nn.Module, x: torch.Tensor, forward=None) -> int:  # noqa
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        (forward or net)(x)
+        (forward or net)(x.to(next(net.parameters()).device))
     for h in handles:
         h.remove()
     return total // x.shape[0]
@@ -204,11 +269,64 @@ def compare_networks(ours: nn.Module, theirs: nn.Module) -> dict[str, object]:
     }
 
 
+def summarise(args: argparse.Namespace, info: dict, rates: dict, errors: dict, done: bool) -> dict[str, object]:
+    """The result so far: medians over blocks per method, ours against theirs per variant of ours."""
+    cuda = args.device == "cuda"
+    result = {
+        "network": f"WRN-{args.depth}-{args.width}, no normalisation, ours downsample={args.downsample}, "
+        f"channels_last={not args.contiguous}",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "threads": args.threads, "blocks": args.blocks, "iters_per_block": args.iters, "warmup": args.warmup,
+        "batch": BATCH, "complete": done,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+                   f"lightning {L.__version__}",
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "their_buffer": "host memory (as in their script)" if cuda else "cpu",
+        **info,
+    }  # fmt: skip
+
+    def medians(runs: list[tuple[float, float, float, int]]) -> dict[str, float]:
+        return {
+            "samples_per_s": round(statistics.median(r[0] for r in runs), 2),
+            "samples_per_cpu_s": round(statistics.median(r[1] for r in runs), 2),
+            "s_per_it": round(statistics.median(r[2] for r in runs), 4),
+        }
+
+    theirs = medians(rates["theirs"]) if rates["theirs"] else None
+    if theirs:
+        result.update({f"theirs_{k}": v for k, v in theirs.items()})
+    variants = {}
+    for variant in args.ours:
+        entry: dict[str, object] = {}
+        if rates[variant]:
+            entry.update(medians(rates[variant]))
+            entry["replayed_timed_batches"] = sum(r[3] for r in rates[variant])
+            entry["timed_batches"] = args.iters * len(rates[variant])
+            if theirs:
+                entry["ratio_wall"] = round(entry["samples_per_s"] / theirs["samples_per_s"], 3)
+                entry["ratio_cpu"] = round(entry["samples_per_cpu_s"] / theirs["samples_per_cpu_s"], 3)
+        if variant in errors:
+            entry["error"] = errors[variant]
+        variants[variant] = entry
+    result["ours"] = variants
+    first = variants.get(args.ours[0], {})  # the figures of the CPU runs' format: the first variant's
+    for key in ("samples_per_s", "samples_per_cpu_s"):
+        if key in first:
+            result[f"ours_{key}"] = first[key]
+    for key in ("ratio_wall", "ratio_cpu"):
+        if key in first:
+            result[key] = first[key]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference-dir", type=Path, required=True, help="a checkout of github.com/wgrathwohl/JEM")
-    parser.add_argument("--depth", type=int, default=10, help="wide ResNet depth (6n + 4)")
-    parser.add_argument("--width", type=int, default=2, help="wide ResNet widening factor")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--ours", nargs="+", default=["32-true"],
+                        help="our variants, PRECISION[:fused] each: 32-true bf16-mixed bf16-mixed:fused")  # fmt: skip
+    parser.add_argument("--depth", type=int, default=10, help="wide ResNet depth (6n + 4); 28 for the paper's")
+    parser.add_argument("--width", type=int, default=2, help="wide ResNet widening factor; 10 for the paper's")
     parser.add_argument("--downsample", choices=["first", "second"], default="second",
                         help="which convolution of ours halves the resolution (theirs: second)")  # fmt: skip
     parser.add_argument("--contiguous", action="store_true",
@@ -218,40 +336,48 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations at the start of each block")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write the results here (rewritten after every block)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
+    variants = {variant: parse_variant(variant) for variant in args.ours}
+    if args.device == "cuda" and any(fused for _, fused in variants.values()) and args.warmup < 4:
+        raise SystemExit("the fast path captures at its fourth call: --warmup 4 or more")
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
 
-    ours = build_ours(args)
+    ours = {variant: build_ours(args, fused) for variant, (_, fused) in variants.items()}
     theirs = Reference(args.reference_dir.resolve(), args)
-    info = compare_networks(ours.classifier, theirs.f)
+    info = compare_networks(next(iter(ours.values())).classifier, theirs.f)
     print(json.dumps(info), flush=True)
 
-    rates: dict[str, list[tuple[float, float]]] = {"ours": [], "theirs": []}
+    rates: dict[str, list[tuple[float, float, float, int]]] = {who: [] for who in ("theirs", *ours)}
+    errors: dict[str, str] = {}
     for block in range(args.blocks):
-        order = ("ours", "theirs") if block % 2 == 0 else ("theirs", "ours")
+        order = ["theirs", *ours][:: 1 if block % 2 == 0 else -1]  # flipped every block
         for who in order:
-            wall, cpu = ours_block(ours, args, generator) if who == "ours" else theirs.block(args, generator)
+            if who in errors:
+                continue
+            try:
+                if who == "theirs":
+                    wall, cpu = theirs.block(args, generator)
+                    replayed = 0
+                else:
+                    wall, cpu, replayed = ours_block(ours[who], args, generator, variants[who][0])
+            except Exception as exc:  # noqa: BLE001 - one failing variant is a result; the others go on
+                errors[who] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                print(f"block {block} {who}: {errors[who]}", flush=True)
+                continue
             samples = args.iters * BATCH
-            rates[who].append((samples / wall, samples / cpu))
-            print(f"block {block} {who:6s}: {wall / args.iters:6.2f} s/iteration, "
-                  f"{samples / wall:6.1f} samples/s, {samples / cpu:6.1f} per CPU-s", flush=True)  # fmt: skip
-    result = {
-        "network": f"WRN-{args.depth}-{args.width}, no normalisation, ours downsample={args.downsample}, "
-        f"channels_last={not args.contiguous}",
-        "threads": args.threads, "blocks": args.blocks, "iters_per_block": args.iters, "batch": BATCH,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-                   f"lightning {L.__version__}",
-        **info,
-    }  # fmt: skip
-    for who in ("ours", "theirs"):
-        result[f"{who}_samples_per_s"] = round(statistics.median(r[0] for r in rates[who]), 2)
-        result[f"{who}_samples_per_cpu_s"] = round(statistics.median(r[1] for r in rates[who]), 2)
-    result["ratio_wall"] = round(result["ours_samples_per_s"] / result["theirs_samples_per_s"], 3)
-    result["ratio_cpu"] = round(result["ours_samples_per_cpu_s"] / result["theirs_samples_per_cpu_s"], 3)
+            rates[who].append((samples / wall, samples / cpu, wall / args.iters, replayed))
+            print(f"block {block} {who:18s}: {wall / args.iters:7.4f} s/iteration, "
+                  f"{samples / wall:8.1f} samples/s, {samples / cpu:7.1f} per CPU-s"
+                  + (f", {replayed} replays" if replayed else ""), flush=True)  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps(summarise(args, info, rates, errors, False), indent=1) + "\n")
+    result = summarise(args, info, rates, errors, True)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
