@@ -325,6 +325,11 @@ class EBMCLI(LightningCLI):
                 "(e.g. --data lightning_ebm.datamodules.Toy2DDataModule --data.name 25gaussians)"
             )
         if sub in SUBCOMMANDS:
+            trainer = config.get("trainer") or {}
+            for option in ("max_epochs", "max_steps"):  # Lightning reads other negatives as "no limit"
+                value = trainer.get(option)
+                if value is not None and value < -1:
+                    raise UserError(f"--trainer.{option} {value}: use -1 for no limit, or a number of 0 or more")
             for directory, option in output_directories(config):
                 ensure_writable(directory, option)
         if sub == "fit" and _rank_zero():  # temporary files of writes killed in earlier runs

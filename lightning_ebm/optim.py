@@ -78,12 +78,17 @@ def check_factories(function: Callable[..., Any], arguments: Mapping[str, Any]) 
         if hints.get(name) not in _FACTORY_TYPES or value is None:
             continue
         try:
-            as_callable(value)
+            factory = as_callable(value)
         except (ValueError, TypeError, ImportError, AttributeError) as exc:
             raise ValueError(
                 f"{name} must be an optimiser or schedule class, functools.partial(cls, ...) or a "
                 f"{{class_path, init_args}} spec; got {value!r} ({exc})"
             ) from None
+        try:  # built once on a stand-in parameter: its settings are checked now, not when training starts
+            probe = [torch.zeros(1, requires_grad=True)]
+            factory(probe) if hints[name] == OptimizerCallable else factory(torch.optim.SGD(probe, lr=1.0))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{name} refuses its settings: {exc}") from None
 
 
 def build_optimizer(factory: Any, params: Iterable) -> Optimizer:

@@ -65,3 +65,21 @@ def check_choices(function: Callable[..., Any], arguments: dict[str, Any]) -> No
         if choices is not None and value not in choices:
             listed = ", ".join(repr(c) for c in choices)
             raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+
+
+def check_bounds(
+    positive: dict[str, float | None] | None = None,
+    non_negative: dict[str, float | None] | None = None,
+    probability: dict[str, float | None] | None = None,
+) -> None:
+    """``ValueError`` naming the first number that is not ``> 0`` (``positive``), ``>= 0``
+    (``non_negative``) or in ``[0, 1]`` (``probability``); None values are not checked."""
+    rules = (
+        (positive, lambda v: v > 0, "greater than 0"),
+        (non_negative, lambda v: v >= 0, "0 or more"),
+        (probability, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    )
+    for values, ok, words in rules:
+        for name, value in (values or {}).items():
+            if value is not None and not ok(value):
+                raise ValueError(f"{name} must be {words}, got {value}")

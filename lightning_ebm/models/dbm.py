@@ -35,6 +35,7 @@ from lightning_ebm.nn.boltzmann import MAX_ENUMERATED_UNITS
 from lightning_ebm.nn.dbm import DBMAnnealingPath, DBMNet
 from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
 from lightning_ebm.samplers.gibbs import block_gibbs
+from lightning_ebm.utils import check_bounds
 
 #: Joint training (Salakhutdinov & Hinton 2009): SGD at 0.001 with momentum 0.5 then 0.9, weight decay
 #: 2e-4 on the weights, the learning rate decreased linearly to 0 over the joint phase.
@@ -100,8 +101,11 @@ class DBM(GreedyRBMStack):
             **stack_options,
         )  # fmt: skip
         self.save_hyperparameters()
-        if min(num_chains, gibbs_steps, mean_field_steps, eval_mean_field_steps) < 1:
-            raise ValueError("num_chains, gibbs_steps and the mean-field steps must be at least 1")
+        check_bounds(
+            positive=dict(num_chains=num_chains, gibbs_steps=gibbs_steps, mean_field_steps=mean_field_steps,
+                          eval_mean_field_steps=eval_mean_field_steps, layer_num_chains=layer_num_chains),
+            non_negative=dict(init_std=init_std, mean_field_tol=mean_field_tol, sample_steps=sample_steps),
+        )  # fmt: skip
         self.net = DBMNet(self.layer_sizes, init_std)
         #: Whether the weights hold the pretrained RBMs (set once, when joint training starts).
         self.register_buffer("composed", torch.tensor(False))

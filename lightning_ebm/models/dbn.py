@@ -48,6 +48,7 @@ from lightning_ebm.nn.boltzmann import (
 )
 from lightning_ebm.nn.rbm import RBMAnnealingPath, RBMLayer
 from lightning_ebm.samplers.gibbs import sample_bernoulli
+from lightning_ebm.utils import check_bounds
 
 
 class DBN(GreedyRBMStack):
@@ -81,8 +82,7 @@ class DBN(GreedyRBMStack):
     ) -> None:
         super().__init__(layer_sizes, layer_epochs, data_shape, **stack_options)
         self.save_hyperparameters()
-        if bound_samples < 1:
-            raise ValueError(f"bound_samples must be at least 1, got {bound_samples}")
+        check_bounds(positive=dict(bound_samples=bound_samples), non_negative=dict(sample_steps=sample_steps))
         #: The number of RBMs the DBN consists of now: all of them, except during greedy training,
         #: where it is the layers trained so far and the one in training.
         self.register_buffer("depth", torch.tensor(len(self.layers)))

@@ -32,7 +32,7 @@ from lightning_ebm.models.generator_ebm import GeneratorEBM
 from lightning_ebm.nn.energy import ProductOfExpertsEnergy
 from lightning_ebm.nn.entropy import batchnorm_entropy
 from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
-from lightning_ebm.utils import eval_mode
+from lightning_ebm.utils import check_bounds, eval_mode
 
 #: The authors' optimiser: AdaGrad at 0.01 for both players, weight decay 1e-5 on the energy.
 ENERGY_ADAGRAD = spec("torch.optim.Adagrad", lr=1e-2, weight_decay=1e-5)
@@ -98,13 +98,16 @@ class DEM(GeneratorEBM):
     ) -> None:
         super().__init__(data_shape, fused_step)
         self.save_hyperparameters()
-        if energy_steps < 1:
-            raise ValueError(f"energy_steps must be at least 1, got {energy_steps}")
-        if mcmc_steps < 0 or mcmc_step_size <= 0 or mcmc_temperature <= 0:
-            raise ValueError("mcmc_steps must be >= 0, mcmc_step_size and mcmc_temperature positive")
+        check_bounds(
+            positive=dict(latent_dim=latent_dim, num_experts=num_experts, sigma=sigma, energy_steps=energy_steps,
+                          mcmc_step_size=mcmc_step_size, mcmc_temperature=mcmc_temperature),
+            non_negative=dict(entropy_weight=entropy_weight, sample_noise_std=sample_noise_std,
+                              gradient_penalty=gradient_penalty, mcmc_steps=mcmc_steps),
+        )  # fmt: skip
         self.latent_distribution = latent_distribution
         self.energy_net = ProductOfExpertsEnergy(feature_net, self.data_shape, num_experts, sigma, learn_sigma)
         self.generator = generator
+        self.check_networks()
 
     @property
     def energy_updates_per_batch(self) -> int:

@@ -32,6 +32,10 @@ from lightning_ebm.samplers.langevin import latent_mala
 from lightning_ebm.utils import eval_mode
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
 class GeneratorEBM(EnergyBasedModel):
     """Base of the methods that train an energy with a generator's samples (module docstring).
 
@@ -76,6 +80,29 @@ class GeneratorEBM(EnergyBasedModel):
     def train_metrics(self) -> dict[str, Tensor]:
         """Metrics of the method's own to log with the losses (none by default)."""
         return {}
+
+    @torch.no_grad()
+    def check_networks(self) -> None:
+        """Run the networks once on two stand-in codes (evaluation mode, no random numbers drawn): sizes
+        that do not fit ``latent_dim`` and ``data_shape`` are a clear error now, not a shape error deep
+        inside the first training step."""
+        dim = self.hparams.latent_dim
+        with eval_mode(*[m for m in self.modules() if m is not self]):
+            try:
+                x = self.generator(torch.zeros(2, dim))
+            except RuntimeError as exc:
+                raise ValueError(f"the generator does not take codes of latent_dim {dim} ({_first_line(exc)}): "
+                                 "make its input size latent_dim") from None  # fmt: skip
+            if tuple(x.shape[1:]) != self.data_shape:
+                raise ValueError(f"the generator makes examples shaped {list(x.shape[1:])}, not data_shape "
+                                 f"{list(self.data_shape)}: make its output fit data_shape")  # fmt: skip
+            try:
+                energies = self.energy(x)
+            except RuntimeError as exc:
+                raise ValueError(f"the energy network does not take examples shaped data_shape {list(self.data_shape)} "
+                                 f"({_first_line(exc)}): make its input fit data_shape") from None  # fmt: skip
+            if energies.shape != (2,):
+                raise ValueError(f"the energy network gives {list(energies.shape[1:])} numbers per example, not one")
 
     # ------------------------------------------------------------------ the contract
     def energy(self, x: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
 from lightning_ebm.samplers.langevin import langevin_dynamics
 from lightning_ebm.samplers.replay import ReplayBuffer
-from lightning_ebm.utils import eval_mode
+from lightning_ebm.utils import check_bounds, eval_mode
 
 #: The paper's optimiser and schedule: Adam at 1e-4, a linear warm-up over 1,000 iterations, the rate
 #: multiplied by 0.3 at epochs 160 and 180.
@@ -124,8 +124,13 @@ class JEM(EnergyBasedModel):
         self.save_hyperparameters()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if min(clf_weight, px_weight, pxy_weight, energy_l2) < 0:
-            raise ValueError("the loss weights must be 0 or more")
+        check_bounds(
+            positive=dict(buffer_size=buffer_size, sgld_step_size=sgld_step_size),
+            non_negative=dict(clf_weight=clf_weight, px_weight=px_weight, pxy_weight=pxy_weight, energy_l2=energy_l2,
+                              sgld_steps=sgld_steps, sgld_noise=sgld_noise, data_noise=data_noise,
+                              sample_steps=sample_steps),
+            probability=dict(reinit_prob=reinit_prob),
+        )  # fmt: skip
         if buffer_size % num_classes:
             raise ValueError(f"buffer_size ({buffer_size}) must be a multiple of num_classes ({num_classes})")
         if sgld_steps < 1 and (px_weight > 0 or pxy_weight > 0):
@@ -134,6 +139,15 @@ class JEM(EnergyBasedModel):
             raise ValueError(f"init_range must be (low, high) with low < high, got {list(init_range)}")
         self.automatic_optimization = False
         self.classifier = classifier
+        with torch.no_grad(), eval_mode(classifier):  # no random numbers drawn: the run is unchanged
+            try:
+                width = classifier(torch.zeros(2, *self.data_shape)).shape[1:]
+            except RuntimeError as exc:
+                reason = str(exc).strip().splitlines()[0][:200]
+                raise ValueError(f"the classifier does not take examples shaped data_shape {list(self.data_shape)} "
+                                 f"({reason}): make its input fit") from None  # fmt: skip
+        if tuple(width) != (num_classes,):
+            raise ValueError(f"the classifier gives {list(width)} logits per example, not num_classes ({num_classes})")
         if reinit_from == "class_gaussian":  # the restart distribution, in the checkpoint with the weights
             self.register_buffer("restart_mean", torch.zeros(num_classes, *self.data_shape))
             self.register_buffer("restart_std", torch.zeros(num_classes, *self.data_shape))

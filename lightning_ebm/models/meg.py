@@ -40,7 +40,7 @@ from lightning_ebm.models.objectives import jsd_mutual_information
 from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
 from lightning_ebm.samplers.langevin import langevin_dynamics, mala
 from lightning_ebm.scores import AnomalyScore, anomaly_scores
-from lightning_ebm.utils import check_choices, eval_mode
+from lightning_ebm.utils import check_bounds, check_choices, eval_mode
 
 #: The paper's optimiser for every player: Adam, 1e-4, betas (0.5, 0.9); PyTorch's fused kernel
 #: (one update per parameter tensor), about 5% faster per KDD99 step on a CPU.
@@ -104,13 +104,15 @@ class MEG(GeneratorEBM):
     ) -> None:
         super().__init__(data_shape, fused_step)
         self.save_hyperparameters()
-        if energy_steps < 1:
-            raise ValueError(f"energy_steps must be at least 1, got {energy_steps}")
-        if mcmc_steps < 0 or mcmc_temperature <= 0 or mcmc_step_size <= 0:
-            raise ValueError("mcmc_steps must be >= 0, mcmc_temperature and mcmc_step_size positive")
+        check_bounds(
+            positive=dict(latent_dim=latent_dim, energy_steps=energy_steps, mcmc_step_size=mcmc_step_size,
+                          mcmc_temperature=mcmc_temperature),
+            non_negative=dict(gradient_penalty=gradient_penalty, mi_weight=mi_weight, mcmc_steps=mcmc_steps),
+        )  # fmt: skip
         self.energy_net = energy_net
         self.generator = generator
         self.statistics_net = statistics_net
+        self.check_networks()
 
     def generator_players(self) -> list[tuple[str, nn.Module, object]]:
         """``G`` and ``T`` train on the same objective."""

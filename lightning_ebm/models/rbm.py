@@ -32,6 +32,7 @@ from lightning_ebm.nn.boltzmann import MAX_ENUMERATED_UNITS
 from lightning_ebm.nn.rbm import RBMAnnealingPath, RBMLayer
 from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli
+from lightning_ebm.utils import check_bounds
 
 #: Hinton's (2010) recipe: SGD, learning rate 0.1, momentum 0.5 then 0.9 after 5 epochs, weight decay
 #: 2e-4 on ``W`` (the methods put the biases in a group without decay).
@@ -294,6 +295,12 @@ class RBM(EnergyBasedModel):
         self.automatic_optimization = False  # the update is written in closed form
         if math.prod(shape) != n_visible:
             raise ValueError(f"data_shape {list(shape)} has {math.prod(shape)} values, but n_visible is {n_visible}")
+        check_bounds(
+            positive=dict(n_visible=n_visible, n_hidden=n_hidden, sigma=sigma, num_chains=num_chains),
+            non_negative=dict(init_std=init_std, sparsity_cost=sparsity_cost, sample_steps=sample_steps,
+                              num_filters=num_filters),
+            probability=dict(sparsity_target=sparsity_target, sparsity_decay=sparsity_decay),
+        )  # fmt: skip
         self.layer = RBMLayer(
             n_visible, n_hidden, visible, sigma, learn_sigma, sigma_bounds, init_std,
             sparsity_target=sparsity_target, sparsity_cost=sparsity_cost, sparsity_decay=sparsity_decay,

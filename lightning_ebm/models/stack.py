@@ -38,7 +38,7 @@ from lightning_ebm.models.rbm import (
 )
 from lightning_ebm.nn.rbm import RBMLayer
 from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable
-from lightning_ebm.utils import check_choices
+from lightning_ebm.utils import check_bounds, check_choices
 
 
 class GreedyRBMStack(EnergyBasedModel):
@@ -81,6 +81,9 @@ class GreedyRBMStack(EnergyBasedModel):
         sizes = [int(n) for n in layer_sizes]
         super().__init__(tuple(data_shape) if data_shape is not None else (sizes[0],), fused_step)
         check_choices(GreedyRBMStack.__init__, {"method": method})
+        check_bounds(
+            positive=dict(num_chains=num_chains), non_negative=dict(init_std=init_std, num_filters=num_filters)
+        )
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"layer_sizes needs the visible layer and at least one hidden layer, got {sizes}")
         if math.prod(self.data_shape) != sizes[0]:

@@ -42,7 +42,14 @@ class ProductOfExpertsEnergy(nn.Module):
         self.feature_net = feature_net
         data_dim = math.prod(data_shape)
         with torch.no_grad(), eval_mode(feature_net):
-            feature_dim = feature_net(torch.zeros(2, *data_shape)).flatten(1).shape[1]
+            try:
+                feature_dim = feature_net(torch.zeros(2, *data_shape)).flatten(1).shape[1]
+            except RuntimeError as exc:
+                reason = str(exc).strip().splitlines()[0][:200]
+                raise ValueError(
+                    f"the feature network does not take examples shaped data_shape {list(data_shape)} ({reason}): "
+                    "make its input fit data_shape"
+                ) from None
         self.experts = nn.Linear(feature_dim, num_experts)  # rows w_i, biases c_i
         self.visible_bias = nn.Parameter(torch.zeros(data_dim))  # b
         log_sigma = torch.tensor(math.log(sigma))
