@@ -326,6 +326,7 @@ class EBMCLI(LightningCLI):
             )
         if sub in SUBCOMMANDS:
             trainer = config.get("trainer") or {}
+            follow_default_root_dir(trainer)
             for option in ("max_epochs", "max_steps"):  # Lightning reads other negatives as "no limit"
                 value = trainer.get(option)
                 if value is not None and value < -1:
@@ -562,6 +563,8 @@ def checkpoint_directories(config: Namespace) -> tuple[list[Path], str]:
     for logger in _loggers(trainer):
         args = logger.get("init_args") or {} if isinstance(logger, dict) else {}
         save_dir = args.get("save_dir") or args.get("root_dir")
+        if str(save_dir) == DEFAULT_SAVE_DIR and trainer.get("default_root_dir"):
+            save_dir = trainer.get("default_root_dir")  # as follow_default_root_dir will set it
         if not save_dir or "://" in str(save_dir):
             continue
         root = Path(save_dir) / args["name"] if args.get("name") else Path(save_dir)
@@ -578,6 +581,24 @@ def checkpoint_directories(config: Namespace) -> tuple[list[Path], str]:
         directories.append(root)
         places.append(str(root))
     return directories, " or ".join(places) or "the log directory"
+
+
+#: Where the shipped configs' TensorBoard loggers write (relative to the working directory).
+DEFAULT_SAVE_DIR = "lightning_logs"
+
+
+def follow_default_root_dir(trainer: Any) -> None:
+    """``--trainer.default_root_dir DIR`` moves the logs, plots and checkpoints of a config whose logger
+    writes to the default ``lightning_logs``: that logger writes to ``DIR`` instead (a ``save_dir`` set to
+    anything else is kept)."""
+    root = trainer.get("default_root_dir")
+    if not root:
+        return
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, (list, tuple)) else [loggers]:
+        args = logger.get("init_args") if isinstance(logger, (dict, Namespace)) else None
+        if args is not None and str(args.get("save_dir")) == DEFAULT_SAVE_DIR:
+            args["save_dir"] = str(root)
 
 
 def output_directories(config: Namespace) -> Iterator[tuple[str, str]]:

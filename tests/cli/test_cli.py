@@ -135,3 +135,21 @@ def test_fit_writes_logs_plots_checkpoints_and_resolved_config(tmp_path: Path, c
         args = ["--config", "dem_toy", "--trainer.logger.init_args.save_dir", str(tmp_path),
                 "--data.num_samples", "6000", "--trainer.enable_progress_bar", "false"]  # fmt: skip
         assert run_cli([sub, *args, "--ckpt_path", ckpt]) == 0
+
+
+def test_default_root_dir_moves_logs_plots_and_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shipped config's logger writes to the default ``lightning_logs``, which
+    ``--trainer.default_root_dir`` replaces: a 5-step fit leaves everything under that directory and
+    nothing in the working directory."""
+    for name in shipped_configs():
+        logger = yaml.safe_load((CONFIG_DIR / name).read_text())["trainer"]["logger"]
+        assert logger["init_args"]["save_dir"] == "lightning_logs", name
+    work, root = tmp_path / "work", tmp_path / "root"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["fit", "--config", "dem_toy", "--trainer.max_steps", "5", "--trainer.limit_val_batches", "1",
+            "--trainer.check_val_every_n_epoch", "1", "--trainer.default_root_dir", str(root)]  # fmt: skip
+    assert run_cli(args) == 0
+    assert list(work.iterdir()) == []
+    assert (root / "dem_toy" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert list((root / "dem_toy" / "version_0").glob("events.out.tfevents.*"))

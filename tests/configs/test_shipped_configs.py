@@ -39,7 +39,7 @@ def test_fit_validate_test_predict(tmp_path: Path, name: str) -> None:
     common = [
         "--config", name, *make_data(tmp_path), *overrides,
         "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--trainer.callbacks", "[]",
+        "--trainer.default_root_dir", str(tmp_path / "logs"), "--trainer.callbacks", "[]",
         "--trainer.callbacks+=helpers.callbacks.LoggedKeys", "--trainer.callbacks.path", str(keys),
     ]  # fmt: skip
     fit = [
