@@ -58,18 +58,29 @@ def optimizer_signature(optimizers: Sequence[torch.optim.Optimizer]) -> tuple:
 
 
 def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    """Optimisers whose step a CUDA graph can capture: Adam and AdamW keep their step counts on the device
-    (``capturable``), AdaGrad runs its fused kernel (its other kernels read the step count on the host).
-    SGD needs nothing. Existing step counts move to their parameters' devices."""
+    """Optimisers whose step a CUDA graph can capture, with learning rates that the graph reads from the
+    device: Adam and AdamW keep their step counts on the device (``capturable``), AdaGrad and SGD run
+    their fused kernels (the others read AdaGrad's step count on the host, and take a rate by value).
+    Existing step counts move to their parameters' devices."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and not group.get("fused"):
                 group["capturable"] = True
-            elif isinstance(optimizer, torch.optim.Adagrad) and not group.get("fused"):
-                group["fused"], group["foreach"] = True, False
+            elif isinstance(optimizer, (torch.optim.Adagrad, torch.optim.SGD)) and not group.get("fused"):
+                group["fused"], group["foreach"] = True, False  # (their other kernels take the rate by value)
         for param, state in optimizer.state.items():
             if isinstance(state.get("step"), Tensor):
                 state["step"] = state["step"].to(param.device, torch.float32)
+
+
+def to_channels_last(module: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Convolution weights (and the optimiser states shaped like them) in the channels-last layout."""
+    module.to(memory_format=torch.channels_last)
+    for optimizer in optimizers:
+        for param, state in optimizer.state.items():
+            for name, value in state.items():
+                if isinstance(value, Tensor) and value.dim() == 4 and value.shape == param.shape:
+                    state[name] = value.contiguous(memory_format=torch.channels_last)
 
 
 def tensor_learning_rates(optimizers: Sequence[torch.optim.Optimizer]) -> None:
@@ -172,6 +183,8 @@ class CapturedUpdate:
         self.pool = None
         self.stream: torch.cuda.Stream | None = None
         self.replays = 0
+        #: Why capture was given up (every step then runs eagerly), or None.
+        self.failed: str | None = None
 
     def reset(self) -> None:
         """Forget every graph (state tensors were replaced: a rollback, a checkpoint restored)."""
@@ -179,6 +192,8 @@ class CapturedUpdate:
         self.calls.clear()
 
     def __call__(self, batch: Batch, *key: Hashable) -> dict[str, Tensor]:
+        if self.failed is not None:
+            return self._eager(batch, key)
         tensors = _tensors(batch)
         full_key = (key, tuple((t.shape, t.dtype) for t in tensors), optimizer_signature(self.optimizers))
         entry = self.graphs.get(full_key)
@@ -187,7 +202,15 @@ class CapturedUpdate:
             self.calls[full_key] = calls + 1
             if calls < self.warmup_steps:
                 return self._eager(batch, key)
-            entry = self._capture(batch, key, full_key)
+            try:
+                entry = self._capture(batch, key, full_key)
+            except Exception as exc:  # noqa: BLE001 - reported, and training goes on eagerly
+                if not _on_cuda(batch):
+                    raise
+                self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}"
+                warn_fallback(f"capturing the update failed ({self.failed})")
+                self.graphs.clear()
+                return self._eager(batch, key)
             if entry[0] is None:  # emulated: capturing ran the update, as a replay would have
                 return entry[2]
         graph, inputs, outputs = entry

@@ -24,6 +24,7 @@ from lightning_ebm.fused import (
     fused_step_unavailable,
     make_capturable,
     tensor_learning_rates,
+    to_channels_last,
     warn_fallback,
 )
 from lightning_ebm.nn.base import module_spec
@@ -239,9 +240,16 @@ class EnergyBasedModel(NetworkModule, ABC):
         log = self.should_log_step
         key = self.update_key()
         update = self._captured if self._captured is not None else self.update
-        metrics = update(batch, key, log)
+        device = self.device.type
+        if torch.is_autocast_enabled(device):  # mixed precision: no cast cached across the players' steps
+            with torch.autocast(device, dtype=torch.get_autocast_dtype(device), cache_enabled=False):
+                metrics = update(batch, key, log)
+        else:
+            metrics = update(batch, key, log)
         self.after_update()
         if log:
+            if self._captured is not None:  # the graph's outputs: the next replay overwrites them
+                metrics = {name: value.clone() for name, value in metrics.items()}
             self.log_train_metrics({**metrics, **self.host_metrics()}, prog_bar=self.train_progress_bar)
 
     def update_optimizers(self) -> list:
@@ -274,7 +282,7 @@ class EnergyBasedModel(NetworkModule, ABC):
             tensor_learning_rates(optimizers)  # changed in place by the schedules, read by the graphs
             torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matrix products
             if any(p.dim() == 4 for p in self.parameters()):
-                self.to(memory_format=torch.channels_last)  # the layout of the fastest convolution kernels
+                to_channels_last(self, optimizers)  # the layout of the fastest convolution kernels
         self._captured = CapturedUpdate(self.update, optimizers, modules=[self])
 
     def invalidate_fused_step(self) -> None:

@@ -174,16 +174,18 @@ class GeneratorEBM(EnergyBasedModel):
     def generator_update(self, n: int, optimizers: Sequence[Any], log: bool) -> dict[str, Tensor]:
         """One update of the generator's players on ``n`` codes; the energy gets no gradient from it."""
         self.energy_net.requires_grad_(False)
-        loss, logs = self.generator_loss(self.latent(n))
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        self.backward_loss(loss)
-        if log:
-            for name, network, _ in self.generator_players():
-                logs[f"grad_norm_{name}"] = self.grad_norm(network.parameters())
-        for optimizer in optimizers:
-            optimizer.step()
-        self.energy_net.requires_grad_(True)
+        try:
+            loss, logs = self.generator_loss(self.latent(n))
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            self.backward_loss(loss)
+            if log:
+                for name, network, _ in self.generator_players():
+                    logs[f"grad_norm_{name}"] = self.grad_norm(network.parameters())
+            for optimizer in optimizers:
+                optimizer.step()
+        finally:  # also when the update fails (a capture that falls back to eager steps)
+            self.energy_net.requires_grad_(True)
         return {"loss_generator": loss.detach(), **logs}
 
     def energy_update(self, x: Tensor, optimizer: Any, log: bool) -> dict[str, Tensor]:
