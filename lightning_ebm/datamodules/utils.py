@@ -253,7 +253,7 @@ class TensorBatches:
             start = 0
         self._started = True
         self._yielded = start
-        order = self._indices()
+        order = self._indices().to(self.tensors[0].device)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             self._yielded = b + 1
@@ -279,6 +279,8 @@ class InMemoryLoaders:
 
     A batch is sliced from :meth:`split_tensors`, by default ``(<split>_data, <split>_labels)``; the
     ``<split>_indices`` record, where a module sets them, the examples' positions in their source.
+    On a GPU the tensors of a split are moved to it once, when its loader is made, and batches are
+    sliced there (no host-to-device copy per batch).
     """
 
     train_data: Tensor | None = None
@@ -299,6 +301,9 @@ class InMemoryLoaders:
 
     def _loader(self, split: str) -> TensorBatches | list:
         tensors = self.split_tensors(split)
+        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
+        if device is not None and device.type == "cuda":  # the data on the GPU once: no copy per batch
+            tensors = tuple(t.to(device) for t in tensors)
         rank, world = rank_and_world_size(self.trainer)
         if split == "train":
             return TensorBatches(
