@@ -21,15 +21,17 @@ weight 0 (no SGLD). Printed and written as JSON:
 The defaults are the recipe of ``jem_mnist.yaml`` on this split: 100 epochs, Adam 1e-3 with the
 paper's x0.3 decay at 80% and 90% of training, the paper's SGLD and buffer projected onto [-1, 1],
 chains restarted from per-class Gaussians of the training images (JEM++; ``--reinit-from uniform``
-is the paper's U(-1, 1)), no energy regulariser (README, JEM section; about 60 minutes on one CPU
+is the paper's U(-1, 1)), no energy regulariser (docs/jem.md; about 60 minutes on one CPU
 thread). ``--progress N`` prints the energies every N steps and held-out
 metrics after each epoch. ``--val-size N`` trains on all but N of the 8,000 training images and
 reports on those N instead of the held-out images (``"evaluated_on"`` in the JSON says which).
 ``--save F`` keeps both trained models and JEM's buffer; ``--load F`` evaluates them again without
 training (give the settings they were trained with).
 
-    python benchmarks/jem_mnist.py --data-dir ../shared/data/mnist --grid benchmarks/jem_mnist_conditional_samples.png \
-        --reliability benchmarks/jem_mnist_reliability.png --out benchmarks/results_jem_mnist_cpu.json
+    python benchmarks/jem_mnist.py --data-dir ../shared/data/mnist --seed 0 \
+        --grid benchmarks/results/jem_mnist_gaussian_100epochs/seed0_conditional_samples.png \
+        --reliability benchmarks/results/jem_mnist_gaussian_100epochs/seed0_reliability.png \
+        --out benchmarks/results/jem_mnist_gaussian_100epochs/seed0.json
 """
 
 from __future__ import annotations

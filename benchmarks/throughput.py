@@ -32,7 +32,7 @@ Reference columns (printed when given):
   (``rbm_mnist_pcd.yaml``): timed right before and right after that config's row (alternating, so
   that both see the same load), the ratio against the mean of the two;
 * ``--reference FILE.json``: one JSON object per line ``{"task": "kdd99"|"toy", "samples_per_s": ...}``
-  from timing the MEG authors' code on the same machine (README: how), for the ratios of
+  from timing the MEG authors' code on the same machine (docs/performance.md: how), for the ratios of
   ``meg_kdd99.yaml`` and ``meg_toy.yaml``.
 
 Examples::
