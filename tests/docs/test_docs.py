@@ -303,3 +303,15 @@ def test_gpu_check_results_become_a_table(tmp_path: Path, monkeypatch: pytest.Mo
     assert "NVIDIA H200" in table and "not measured yet" not in table
     assert "| `meg_cifar` | 4,686 | - | 51,234 | - |" in table
     assert "0.091 s/it" in table and "error" in table
+
+
+REPO_FILE = re.compile(r"\b((?:tests|benchmarks|lightning_ebm)/[\w/.-]+\.(?:py|yaml))")
+
+
+def test_scripts_and_tests_named_in_the_docs_exist() -> None:
+    missing = []
+    for page in PAGES:
+        for path in REPO_FILE.findall(page.read_text("utf-8")):
+            if not (ROOT / path).is_file():
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+    assert not missing, missing
