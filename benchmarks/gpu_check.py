@@ -1,27 +1,18 @@
-"""One device call's worth of GPU measurements: peaks, throughput of every config, FLOPs, profiles, JEM.
+"""GPU measurements in one run: peaks, throughput of every config, FLOPs, profiles, JEM against its authors.
 
-Device-call recipe (one call of the device tool; about 8 of its 15 minutes, 1-2 of which go to
-starting the machine). The GPU machine has torch, lightning, torchmetrics, torchvision, tensorboard
-and scipy but not jsonargparse, and no network; so, first, here (not on the device machine):
+Run on one GPU from the repository's root, within ``--budget-s`` seconds (450 by default; about 8
+minutes on an NVIDIA H200 with the start-up)::
 
-1. the search tool's ``fetch`` of ``github:wgrathwohl/JEM`` returns the git directory of the JEM
-   authors' code, e.g. ``/work/.mirror/wgrathwohl+JEM/repo``;
-2. from the repository's root::
+    python benchmarks/gpu_check.py --out gpu_check_out
 
-       ../shared/tools/device-prep --jem-reference /work/.mirror/wgrathwohl+JEM/repo
-
-   downloads jsonargparse, docstring-parser and typeshed-client into ``.whl/`` and copies their code
-   into ``.ref/JEM/`` (both ignored by git: never commit them); it prints the ``carry`` list and the
-   start of the command;
-3. commit this checkout's changes (the device machine gets the tracked files), then call the device
-   tool's ``run`` with ``carry: [".ref", ".whl"]``, ``timeout_s: 510`` and the one-line command::
-
-       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 || exit 1; python3 benchmarks/gpu_check.py --out $OUT --budget-s 450
-
-   (without ``.ref``, i.e. ``device-prep`` without ``--jem-reference``, the JEM comparison is skipped
-   with a note). Everything comes back under ``$OUT``: ``gpu_check.md`` (the tables), ``gpu_check.json``
-   (everything), ``gpu_check.log`` (progress), ``jem_reference.json`` and ``jem_reference.log``: five
-   files, rewritten after every measurement, so that a run cut short still leaves its results.
+Needs lightning-ebm's dependencies (jsonargparse among them); on a machine without a package index,
+install their wheels from a folder first (``pip install --no-index --no-deps --target DIR WHEELS`` and
+``PYTHONPATH=DIR:.``). The JEM comparison imports the JEM authors' code at run time from
+``--reference-dir`` (default ``.ref/JEM``: a checkout of github.com/wgrathwohl/JEM; never committed
+here) and is skipped with a note when it is absent. Everything goes to ``--out``: ``gpu_check.md``
+(the tables), ``gpu_check.json`` (everything), ``gpu_check.log`` (progress), ``jem_reference.json``
+and ``jem_reference.log``, rewritten after every measurement, so that a run cut short still leaves
+its results. ``--smoke`` runs the whole pipeline on a CPU with tiny settings (a test of the script).
 
 What it measures, in this order, each step within ``--budget-s`` seconds of the script's start
 (a step that would not fit is skipped and listed as such):
@@ -62,7 +53,7 @@ What it measures, in this order, each step within ``--budget-s`` seconds of the 
 a few steps, a small matrix product for the "peak", the profiler with CPU activities only, the JEM
 comparison with a WRN-10-1 when ``--reference-dir`` exists), so that the script is tested without a GPU::
 
-    python benchmarks/gpu_check.py --smoke --out /tmp/gpu_smoke [--reference-dir DIR]
+    python benchmarks/gpu_check.py --smoke --out gpu_smoke [--reference-dir DIR]
 """  # noqa: E501 (the device command is one line)
 
 from __future__ import annotations
@@ -101,10 +92,10 @@ TARGETS: dict[str, dict[str, Any]] = {
     "rbm_mnist_pcd": {"min": 700_000},
     "dbm_mnist:joint": {"min": 200_000},
     "jem_cifar": {"max_s_per_it": 0.10, "min_share": 0.45, "min_ratio": 2.5},
-    "dem_toy": {"min": 89_200, "note": "the 2-core CPU figure (README, batch 512)"},
+    "dem_toy": {"min": 89_200, "note": "the 2-core CPU figure (docs/dem.md, batch 512)"},
     "meg_toy": {
         "min": 7_050,
-        "note": "the 2-core CPU figure derived from the README (11,700 batches of 256 in 425 s of training)",
+        "note": "the 2-core CPU figure derived from docs/meg.md (11,700 batches of 256 in 425 s of training)",
     },
 }
 #: Configs whose bf16 and fast-path runs are profiled.

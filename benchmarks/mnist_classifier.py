@@ -8,7 +8,7 @@ with ``--source full`` the 55,000 / 5,000 / official 10,000 split (target >= 98 
 
 Example::
 
-    python benchmarks/mnist_classifier.py --data-dir /tmp/mnist --source test-split --threads 2
+    python benchmarks/mnist_classifier.py --data-dir data --source test-split --threads 2
 """
 
 from __future__ import annotations

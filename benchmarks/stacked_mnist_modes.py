@@ -9,7 +9,7 @@ frequencies and the classifier's errors. Prints one JSON line.
 
 Example::
 
-    PYTHONPATH=. python benchmarks/stacked_mnist_modes.py --data-dir /tmp/mnist --classifier best.ckpt --stacks 3
+    PYTHONPATH=. python benchmarks/stacked_mnist_modes.py --data-dir data --classifier best.ckpt --stacks 3
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ onto the data's box ``init_range``: where the data sit on the box's faces (MNIST
 exactly -1) unprojected chains walk off it into regions the data never constrain, and diverge.
 Optionally (``reinit_from="class_gaussian"``, JEM++: X. Yang and S. Ji, ICCV 2021) chains start and
 restart from per-class Gaussians of the training data instead of uniform noise, so that restarted
-chains begin near the data and keep up with the model (the README's MNIST runs, items 11-12).
+chains begin near the data and keep up with the model (docs/jem.md, the MNIST runs).
 
 The buffer is this process's state (:meth:`per_rank_state`): it is in every checkpoint and a resumed
 run continues with it. The original training diverges now and then and was restarted by hand; here
@@ -87,7 +87,7 @@ class JEM(EnergyBasedModel):
             of Du & Mordatch (2019), which keeps the energies from running away; 0 (JEM) leaves it out.
         sgld_clamp: project every SGLD step onto the data range ``init_range`` (Du & Mordatch 2019),
             so that ``p(x)`` lives on the data's box; off in JEM, needed where the data sit on the
-            box's faces (MNIST's background is exactly the lower end: see the README).
+            box's faces (MNIST's background is exactly the lower end: see docs/jem.md).
         reinit_from: where chains start and restart: ``"uniform"`` (JEM: ``U(init_range)``) or
             ``"class_gaussian"`` (JEM++, Yang & Ji 2021: a class drawn with the training set's class
             frequencies, then ``N(mean_y, diag(std_y^2))`` of that class's training examples, clamped

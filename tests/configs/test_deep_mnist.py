@@ -102,7 +102,7 @@ def test_depth_pays_on_real_mnist(tmp_path: Path) -> None:
     """The issue's comparison, narrowed (784-100-200): the DBM's AIS test bound beats an RBM of its
     first-layer size trained for the same time, and the DBN's bound is no worse than its first RBM's
     likelihood. ``benchmarks/boltzmann_depth.py`` run as a program (3 pretraining epochs per layer, 5
-    joint epochs, AIS with 5,000 betas and 100 chains, one thread); full width: the README's figures."""
+    joint epochs, AIS with 5,000 betas and 100 chains, one thread); full width: docs/dbm.md's figures."""
     import json
     import subprocess
     import sys

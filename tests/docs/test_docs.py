@@ -245,12 +245,12 @@ def test_relative_links_resolve(page: Path) -> None:
 # ------------------------------------------------------------------------------------- the results
 def text_files() -> list[Path]:
     files = [ROOT / "README.md"]
-    for folder in (ROOT / "docs", ROOT / "benchmarks" / "results"):
-        files += [p for p in folder.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+    for folder in (ROOT / "docs", ROOT / "benchmarks"):
+        files += [p for p in folder.rglob("*") if p.is_file() and p.suffix in {*TEXT_SUFFIXES, ".py"}]
     return files
 
 
-def test_no_absolute_machine_paths_in_docs_and_results() -> None:
+def test_no_absolute_machine_paths_in_docs_and_benchmarks() -> None:
     hits = []
     for path in text_files():
         for match in MACHINE_PATH.finditer(path.read_text(encoding="utf-8", errors="replace")):
