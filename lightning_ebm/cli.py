@@ -862,13 +862,7 @@ def short_error(exc: BaseException, parser: Any = None) -> str:
 
 
 def _user_error_in_chain(exc: BaseException) -> UserError | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, UserError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((e for e in _chain(exc) if isinstance(e, UserError)), None)
 
 
 def main(args: list[str] | None = None) -> int:
