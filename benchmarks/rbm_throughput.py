@@ -44,7 +44,7 @@ from lightning_ebm.datamodules.utils import TensorBatches  # noqa: E402
 from lightning_ebm.evaluation import estimate_log_partition, log_likelihood  # noqa: E402
 from lightning_ebm.models import RBM  # noqa: E402
 from lightning_ebm.models.rbm import weight_decay_on_weights_only  # noqa: E402
-from lightning_ebm.optim import spec  # noqa: E402
+from lightning_ebm.optim import build_optimizer, spec  # noqa: E402
 
 DEFAULT_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -127,7 +127,7 @@ def ours_bare(data: torch.Tensor, method: str, args: argparse.Namespace) -> dict
     """The same update without Lightning: ``ContrastiveDivergence.update`` with the recipe's SGD (weight
     decay on ``W`` only; no learning-rate schedule)."""
     rbm = RBM(784, args.hidden, method=method, k=1, num_filters=0, **recipe(args))
-    optimizer = rbm.build_optimizer(rbm.hparams.optimizer, weight_decay_on_weights_only(rbm.layer))
+    optimizer = build_optimizer(rbm.hparams.optimizer, weight_decay_on_weights_only(rbm.layer))
     batches = data.split(args.batch_size)
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.epochs):

@@ -190,12 +190,3 @@ class Schedule(LRScheduler):
 def build_schedule(factory: Any, optimizer: Optimizer) -> LRScheduler | None:
     """``factory(optimizer)`` for a callable or spec (:func:`as_callable`), None for None."""
     return None if factory is None else as_callable(factory)(optimizer)
-
-
-def scheduler_phase(scheduler: Any, total_steps: int | None = None, epoch: int | None = None) -> None:
-    """Set the clock of a :class:`Schedule` (other schedulers are left to themselves)."""
-    if isinstance(scheduler, Schedule):
-        if total_steps is not None:
-            scheduler.set_phase(total_steps)
-        if epoch is not None:
-            scheduler.set_epoch(epoch)

@@ -28,7 +28,7 @@ from lightning_ebm.fused import (
     warn_fallback,
 )
 from lightning_ebm.nn.base import module_spec
-from lightning_ebm.optim import Schedule, build_optimizer, build_schedule, check_factories, to_spec
+from lightning_ebm.optim import Schedule, build_schedule, check_factories, to_spec
 from lightning_ebm.plugins import CHECKPOINT_FORMAT, FORMAT_KEY, check_checkpoint_format
 from lightning_ebm.rng import rng_states, seed_for_rank, set_rng_states
 from lightning_ebm.utils import check_choices
@@ -292,11 +292,6 @@ class EnergyBasedModel(NetworkModule, ABC):
 
     # ------------------------------------------------------------------ optimisers and schedules
     optimizer_steps_per_batch: float = 1.0  # optimiser steps a batch makes on average (max_steps counts them)
-
-    @staticmethod
-    def build_optimizer(factory: Any, params: Any) -> torch.optim.Optimizer:
-        """A player's optimiser from its injected callable or spec (:mod:`lightning_ebm.optim`)."""
-        return build_optimizer(factory, params)
 
     @staticmethod
     def with_schedules(players: Sequence[tuple[torch.optim.Optimizer, Any]]) -> tuple[list, list]:

@@ -33,7 +33,7 @@ from torch import Tensor
 from lightning_ebm.models.stack import GreedyRBMStack
 from lightning_ebm.nn.boltzmann import MAX_ENUMERATED_UNITS
 from lightning_ebm.nn.dbm import DBMAnnealingPath, DBMNet
-from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
+from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, build_optimizer, spec
 from lightning_ebm.samplers.gibbs import block_gibbs
 from lightning_ebm.utils import check_bounds
 
@@ -243,7 +243,7 @@ class DBM(GreedyRBMStack):
         """The layers' optimisers, then joint training's (weight decay on the weights only)."""
         net, hp = self.net, self.hparams
         groups = [{"params": list(net.weights)}, {"params": list(net.biases), "weight_decay": 0.0}]
-        return [*super().players(), (self.build_optimizer(hp.optimizer, groups), hp.lr_schedule)]
+        return [*super().players(), (build_optimizer(hp.optimizer, groups), hp.lr_schedule)]
 
     # ------------------------------------------------------------------ per-process state
     def per_rank_state(self) -> dict[str, Tensor]:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.models.objectives import score_penalty
+from lightning_ebm.optim import build_optimizer
 from lightning_ebm.samplers.langevin import latent_mala
 from lightning_ebm.utils import eval_mode
 
@@ -205,7 +206,7 @@ class GeneratorEBM(EnergyBasedModel):
         hp = self.hparams
         players = [(self.energy_net, hp.energy_optimizer)] + [(net, opt) for _, net, opt in self.generator_players()]
         return self.with_schedules(
-            [(self.build_optimizer(factory, network.parameters()), hp.lr_schedule) for network, factory in players]
+            [(build_optimizer(factory, network.parameters()), hp.lr_schedule) for network, factory in players]
         )
 
     @property

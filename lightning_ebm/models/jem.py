@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from lightning_ebm.errors import UserError
 from lightning_ebm.models.base import EnergyBasedModel
-from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
+from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, build_optimizer, spec
 from lightning_ebm.samplers.langevin import langevin_dynamics
 from lightning_ebm.samplers.replay import ReplayBuffer
 from lightning_ebm.utils import check_bounds, eval_mode
@@ -378,7 +378,7 @@ class JEM(EnergyBasedModel):
         )
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.build_optimizer(self.hparams.optimizer, self.classifier.parameters())
+        optimizer = build_optimizer(self.hparams.optimizer, self.classifier.parameters())
         return self.with_schedules([(optimizer, self.hparams.lr_schedule)])
 
     # ------------------------------------------------------------------ evaluation

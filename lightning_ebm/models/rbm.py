@@ -30,7 +30,7 @@ from torch import Tensor
 from lightning_ebm.models.base import EnergyBasedModel
 from lightning_ebm.nn.boltzmann import MAX_ENUMERATED_UNITS
 from lightning_ebm.nn.rbm import RBMAnnealingPath, RBMLayer
-from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, spec
+from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, build_optimizer, spec
 from lightning_ebm.samplers.gibbs import block_gibbs, sample_bernoulli
 from lightning_ebm.utils import check_bounds
 
@@ -394,7 +394,7 @@ class RBM(EnergyBasedModel):
 
     def configure_optimizers(self) -> Any:
         """The injected optimiser (weight decay on ``W`` only) and its schedule, stepped once per update."""
-        optimizer = self.build_optimizer(self.hparams.optimizer, weight_decay_on_weights_only(self.layer))
+        optimizer = build_optimizer(self.hparams.optimizer, weight_decay_on_weights_only(self.layer))
         return self.with_schedules([(optimizer, self.hparams.lr_schedule)])
 
     # ------------------------------------------------------------------ persistent chains in checkpoints

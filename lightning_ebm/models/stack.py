@@ -37,7 +37,7 @@ from lightning_ebm.models.rbm import (
     weight_decay_on_weights_only,
 )
 from lightning_ebm.nn.rbm import RBMLayer
-from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable
+from lightning_ebm.optim import LRSchedulerCallable, OptimizerCallable, build_optimizer
 from lightning_ebm.utils import check_bounds, check_choices
 
 
@@ -250,7 +250,7 @@ class GreedyRBMStack(EnergyBasedModel):
         """Each layer's optimiser (weight decay on ``W`` only) and schedule; a subclass appends its own."""
         options = self.stack_options
         return [
-            (self.build_optimizer(options["layer_optimizer"], weight_decay_on_weights_only(layer)),
+            (build_optimizer(options["layer_optimizer"], weight_decay_on_weights_only(layer)),
              options["layer_schedule"])
             for layer in self.layers
         ]  # fmt: skip
