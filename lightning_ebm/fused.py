@@ -17,8 +17,8 @@ Hyper-parameters that the kernels take by value (momentum, betas, weight decay) 
 a change (the momentum switch of the RBM recipe) captures anew. Learning rates become device tensors
 so that the schedules change them between replays.
 
-On a CPU, or where capture is not possible (DDP, a precision plugin with a gradient scaler), the
-update runs eagerly: the same function, so results are those of the reference path. For tests
+On a CPU, or where capture is not possible (DDP, a precision plugin with a gradient scaler, an
+optimiser whose step this torch cannot capture: :func:`make_capturable`), the update runs eagerly: the same function, so results are those of the reference path. For tests
 without a GPU, :class:`CapturedUpdate` emulates capture on CPU tensors: it "replays" by running the
 update again on the static inputs, copies the results into the outputs recorded at capture, and
 checks on every replay that a real replay would have done the same: no state tensor rebound, no
@@ -57,20 +57,109 @@ def optimizer_signature(optimizers: Sequence[torch.optim.Optimizer]) -> tuple:
     )
 
 
-def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+#: The optimiser flags that :func:`make_capturable` sets; checkpoints keep the optimisers' own
+#: (:func:`eager_optimizer_states`), so that they resume on any path.
+KERNEL_FLAGS = ("capturable", "fused", "foreach")
+
+
+def kernel_flags(optimizers: Sequence[torch.optim.Optimizer]) -> list[list[dict[str, Any]]]:
+    """Per optimiser and parameter group, the :data:`KERNEL_FLAGS` it was built with."""
+    return [[{k: group[k] for k in KERNEL_FLAGS if k in group} for group in opt.param_groups] for opt in optimizers]
+
+
+def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
     """Optimisers whose step a CUDA graph can capture, with learning rates that the graph reads from the
-    device: Adam and AdamW keep their step counts on the device (``capturable``), AdaGrad and SGD run
-    their fused kernels (the others read AdaGrad's step count on the host, and take a rate by value).
-    Existing step counts move to their parameters' devices."""
+    device; returns why that is not possible (None when it is).
+
+    Optimisers with a ``capturable`` option (Adam, AdamW, RMSprop, ...) get it: their step counts stay on
+    the device, and their ``step()`` refuses to be captured without it, fused or not. AdaGrad and SGD
+    have none and run their fused kernels instead (the others read AdaGrad's step count on the host and
+    take a rate by value). Existing step counts move to their parameters' devices; learning rates become
+    device tensors (:func:`tensor_learning_rates`). Then a copy of each parameter group's settings steps
+    a stand-in parameter, captured as a CUDA graph on a GPU: a version of torch without the kernel, or
+    an optimiser that cannot be captured, is found here rather than in the middle of a training step.
+    """
     for optimizer in optimizers:
         for group in optimizer.param_groups:
-            if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and not group.get("fused"):
+            if "capturable" in group:
                 group["capturable"] = True
-            elif isinstance(optimizer, (torch.optim.Adagrad, torch.optim.SGD)) and not group.get("fused"):
-                group["fused"], group["foreach"] = True, False  # (their other kernels take the rate by value)
+            elif "fused" in group:
+                group["fused"], group["foreach"] = True, False
+            else:
+                return f"{type(optimizer).__name__} has neither a capturable nor a fused kernel"
+        optimizer._warned_capturable_if_run_uncaptured = True  # (its warm-up steps run uncaptured, on purpose)
         for param, state in optimizer.state.items():
             if isinstance(state.get("step"), Tensor):
                 state["step"] = state["step"].to(param.device, torch.float32)
+    tensor_learning_rates(optimizers)
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            reason = _probe_step(optimizer, group)
+            if reason is not None:
+                return reason
+    return None
+
+
+def _probe_step(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> str | None:
+    """Why a step of ``group``'s settings cannot be captured (None when it can): a fresh optimiser of
+    the same class and settings steps a stand-in parameter twice, then once inside a CUDA graph."""
+    like = group["params"][0]
+    param = torch.zeros(4, device=like.device, dtype=like.dtype, requires_grad=True)
+    param.grad = torch.ones_like(param)
+    name = type(optimizer).__name__
+    try:
+        probe = type(optimizer)([param], lr=0.0)
+        probe.param_groups[0].update(
+            {k: v.clone() if isinstance(v, Tensor) else v for k, v in group.items() if k != "params"}
+        )
+        probe._warned_capturable_if_run_uncaptured = True
+        if not like.is_cuda:
+            probe.step()
+            return None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            probe.step()
+            probe.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            probe.step()
+        graph.replay()
+        torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return f"{name}'s step cannot be captured with this torch ({type(exc).__name__}: {first})"
+    return None
+
+
+def restore_kernel_flags(optimizers: Sequence[torch.optim.Optimizer], flags: list[list[dict[str, Any]]]) -> None:
+    """Undo :func:`make_capturable` on the live optimisers (the fast path gave up): their own flags, and
+    learning rates as numbers."""
+    for optimizer, groups in zip(optimizers, flags):
+        for group, own in zip(optimizer.param_groups, groups):
+            group.update(own)
+            if isinstance(group["lr"], Tensor):
+                group["lr"] = float(group["lr"])
+        optimizer.__dict__.pop("_warned_capturable_if_run_uncaptured", None)
+
+
+def eager_optimizer_states(states: list[dict[str, Any]], flags: list[list[dict[str, Any]]]) -> None:
+    """Optimiser state dicts (a checkpoint's) as the eager path would have saved them: the optimisers'
+    own :data:`KERNEL_FLAGS`, learning rates as numbers and, where neither ``capturable`` nor ``fused``
+    is on, step counts on the host. The live optimisers are not touched (a state dict shares its
+    per-parameter state dicts with them: those are replaced, not changed)."""
+    for state, groups in zip(states, flags):
+        for group, own in zip(state["param_groups"], groups):
+            group.update(own)
+            if isinstance(group["lr"], Tensor):
+                group["lr"] = float(group["lr"])
+            if own.get("capturable") or own.get("fused"):
+                continue
+            for index in group["params"]:
+                entry = state["state"].get(index)
+                if entry is not None and isinstance(entry.get("step"), Tensor):
+                    state["state"][index] = {**entry, "step": entry["step"].detach().to("cpu", torch.float32)}
 
 
 def to_channels_last(module: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:
@@ -165,6 +254,8 @@ class CapturedUpdate:
         optimizers: the raw optimisers it steps (their by-value hyper-parameters key the graphs).
         warmup_steps: eager calls of each key before it is captured.
         modules: the modules whose state a replay must keep in place (checked when emulating on a CPU).
+        kernel_flags: the optimisers' own flags before :func:`make_capturable` (None if it was not called),
+            which their checkpointed states keep.
     """
 
     def __init__(
@@ -173,8 +264,10 @@ class CapturedUpdate:
         optimizers: Sequence[torch.optim.Optimizer],
         warmup_steps: int = 3,
         modules: Sequence[nn.Module] = (),
+        kernel_flags: list[list[dict[str, Any]]] | None = None,
     ) -> None:
         self.update = update
+        self.kernel_flags = kernel_flags
         self.optimizers = list(optimizers)
         self.modules = list(modules)
         self.warmup_steps = warmup_steps
@@ -259,7 +352,8 @@ class CapturedUpdate:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: unsafe CUDA calls of other threads (a data loader pinning memory) do not spoil the capture
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             outputs = self.update(_rebuild(batch, inputs), *key)
         entry = (graph, inputs, outputs)
         self.graphs[full_key] = entry

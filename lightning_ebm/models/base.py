@@ -21,9 +21,11 @@ from torch import Tensor, nn
 from lightning_ebm.errors import UserError
 from lightning_ebm.fused import (
     CapturedUpdate,
+    eager_optimizer_states,
     fused_step_unavailable,
+    kernel_flags,
     make_capturable,
-    tensor_learning_rates,
+    restore_kernel_flags,
     to_channels_last,
     warn_fallback,
 )
@@ -277,13 +279,19 @@ class EnergyBasedModel(NetworkModule, ABC):
             return
         optimizers = self.optimizers(use_pl_optimizer=False)
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        flags = None
         if self.device.type == "cuda":
-            make_capturable(optimizers)
-            tensor_learning_rates(optimizers)  # changed in place by the schedules, read by the graphs
+            flags = kernel_flags(optimizers)
+            reason = make_capturable(optimizers)  # (learning rates on the device, changed in place by the schedules)
+            if reason is not None:
+                restore_kernel_flags(optimizers, flags)
+                if self.trainer.is_global_zero:
+                    warn_fallback(reason)
+                return
             torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matrix products
             if any(p.dim() == 4 for p in self.parameters()):
                 to_channels_last(self, optimizers)  # the layout of the fastest convolution kernels
-        self._captured = CapturedUpdate(self.update, optimizers, modules=[self])
+        self._captured = CapturedUpdate(self.update, optimizers, modules=[self], kernel_flags=flags)
 
     def invalidate_fused_step(self) -> None:
         """Drop captured graphs after state tensors were replaced (a checkpoint or snapshot restored)."""
@@ -381,6 +389,9 @@ class EnergyBasedModel(NetworkModule, ABC):
             per_rank[name] = (self.all_gather(value) if distributed else value.unsqueeze(0)).detach().cpu()
         if per_rank:
             checkpoint["per_rank_state"] = per_rank
+        flags = self._captured.kernel_flags if self._captured is not None else None
+        if flags is not None and "optimizer_states" in checkpoint:  # a checkpoint resumes on either path
+            eager_optimizer_states(checkpoint["optimizer_states"], flags)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
