@@ -18,11 +18,12 @@ a change (the momentum switch of the RBM recipe) captures anew. Learning rates b
 so that the schedules change them between replays.
 
 On a CPU, or where capture is not possible (DDP, a precision plugin with a gradient scaler, an
-optimiser whose step this torch cannot capture: :func:`make_capturable`), the update runs eagerly: the same function, so results are those of the reference path. For tests
-without a GPU, :class:`CapturedUpdate` emulates capture on CPU tensors: it "replays" by running the
-update again on the static inputs, copies the results into the outputs recorded at capture, and
-checks on every replay that a real replay would have done the same: no state tensor rebound, no
-Python attribute changed, no host synchronisation (:class:`HostSyncDetector`).
+optimiser whose step this torch cannot capture: :func:`make_capturable`), the update runs eagerly:
+the same function, so results are those of the reference path. For tests without a GPU,
+:class:`CapturedUpdate` emulates capture on CPU tensors: it "replays" by running the update again on
+the static inputs, copies the results into the outputs recorded at capture, and checks on every
+replay that a real replay would have done the same: no state tensor rebound, no Python attribute
+changed, no host synchronisation (:class:`HostSyncDetector`).
 """
 
 from __future__ import annotations
