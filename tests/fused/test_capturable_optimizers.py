@@ -105,7 +105,9 @@ def test_the_fast_paths_optimisers_step_as_the_eager_ones_and_checkpoint_as_them
     states = [fast.state_dict()]
     eager_optimizer_states(states, flags)
     saved = states[0]
-    assert type(saved["param_groups"][0]["lr"]) is float and saved["param_groups"][0]["lr"] == pytest.approx(kwargs["lr"])
+    assert type(saved["param_groups"][0]["lr"]) is float and saved["param_groups"][0]["lr"] == pytest.approx(
+        kwargs["lr"]
+    )
     assert {k: saved["param_groups"][0][k] for k in flags[0][0]} == flags[0][0]
     assert isinstance(fast.param_groups[0]["lr"], torch.Tensor) and fast.param_groups[0]["fused"] is True  # live: kept
 
