@@ -79,14 +79,12 @@ def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
     device tensors (:func:`tensor_learning_rates`). Then a copy of each parameter group's settings steps
     a stand-in parameter, captured as a CUDA graph on a GPU: a version of torch without the kernel, or
     an optimiser that cannot be captured, is found here rather than in the middle of a training step.
+    On a CPU (the tests' emulation of the fast path) optimisers take their fused kernels where they have
+    one, which read no step count on the host either: capturable steps need a GPU.
     """
     for optimizer in optimizers:
         for group in optimizer.param_groups:
-            if "capturable" in group:
-                group["capturable"] = True
-            elif "fused" in group:
-                group["fused"], group["foreach"] = True, False
-            else:
+            if not capturable_kernel(group, gpu=group["params"][0].is_cuda):
                 return f"{type(optimizer).__name__} has neither a capturable nor a fused kernel"
         optimizer._warned_capturable_if_run_uncaptured = True  # (its warm-up steps run uncaptured, on purpose)
         for param, state in optimizer.state.items():
@@ -99,6 +97,18 @@ def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
             if reason is not None:
                 return reason
     return None
+
+
+def capturable_kernel(group: dict[str, Any], gpu: bool) -> bool:
+    """Set ``group``'s flags for a step without host reads (see :func:`make_capturable`); False if it has
+    no such kernel."""
+    if "capturable" in group and (gpu or "fused" not in group):
+        group["capturable"] = True
+    elif "fused" in group:
+        group["fused"], group["foreach"] = True, False
+    else:
+        return False
+    return True
 
 
 def _probe_step(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> str | None:
@@ -247,13 +257,18 @@ def _state_of(modules: Sequence[nn.Module], optimizers: Sequence[torch.optim.Opt
             yield tuple((k, id(v)) for k, v in sorted(state.items()) if isinstance(v, Tensor))
 
 
+#: Eager calls of each variant of an update before it is captured (optimiser states, chains and the
+#: libraries' workspaces are made then, as capture requires).
+WARMUP_STEPS = 3
+
+
 class CapturedUpdate:
     """Runs ``update(batch, *key)`` as one CUDA graph per ``key`` (see the module docstring).
 
     Args:
         update: the function to capture; it must keep its state in place and return a dict of tensors.
         optimizers: the raw optimisers it steps (their by-value hyper-parameters key the graphs).
-        warmup_steps: eager calls of each key before it is captured.
+        warmup_steps: eager calls of each key before it is captured (:data:`WARMUP_STEPS`).
         modules: the modules whose state a replay must keep in place (checked when emulating on a CPU).
         kernel_flags: the optimisers' own flags before :func:`make_capturable` (None if it was not called),
             which their checkpointed states keep.
@@ -263,7 +278,7 @@ class CapturedUpdate:
         self,
         update: Callable[..., dict[str, Tensor]],
         optimizers: Sequence[torch.optim.Optimizer],
-        warmup_steps: int = 3,
+        warmup_steps: int | None = None,
         modules: Sequence[nn.Module] = (),
         kernel_flags: list[list[dict[str, Any]]] | None = None,
     ) -> None:
@@ -271,7 +286,7 @@ class CapturedUpdate:
         self.kernel_flags = kernel_flags
         self.optimizers = list(optimizers)
         self.modules = list(modules)
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = WARMUP_STEPS if warmup_steps is None else warmup_steps
         self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, list[Tensor], dict[str, Tensor]]] = {}
         self.calls: dict[Hashable, int] = {}
         self.pool = None

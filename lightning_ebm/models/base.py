@@ -279,15 +279,14 @@ class EnergyBasedModel(NetworkModule, ABC):
             return
         optimizers = self.optimizers(use_pl_optimizer=False)
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        flags = None
+        flags = kernel_flags(optimizers)
+        reason = make_capturable(optimizers)  # (learning rates on the device, changed in place by the schedules)
+        if reason is not None:
+            restore_kernel_flags(optimizers, flags)
+            if self.trainer.is_global_zero:
+                warn_fallback(reason)
+            return
         if self.device.type == "cuda":
-            flags = kernel_flags(optimizers)
-            reason = make_capturable(optimizers)  # (learning rates on the device, changed in place by the schedules)
-            if reason is not None:
-                restore_kernel_flags(optimizers, flags)
-                if self.trainer.is_global_zero:
-                    warn_fallback(reason)
-                return
             torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matrix products
             if any(p.dim() == 4 for p in self.parameters()):
                 to_channels_last(self, optimizers)  # the layout of the fastest convolution kernels

@@ -9,8 +9,13 @@ import inspect
 import pytest
 import torch
 
-import lightning_ebm.fused as fused
-from lightning_ebm.fused import eager_optimizer_states, kernel_flags, make_capturable, restore_kernel_flags
+from lightning_ebm.fused import (
+    capturable_kernel,
+    eager_optimizer_states,
+    kernel_flags,
+    make_capturable,
+    restore_kernel_flags,
+)
 
 
 def optimizer_classes() -> list[type[torch.optim.Optimizer]]:
@@ -24,27 +29,33 @@ def checks_capture(cls: type[torch.optim.Optimizer]) -> bool:
     return "graph_capture_health_check()" in inspect.getsource(cls.step)
 
 
-def test_every_optimiser_that_checks_for_capture_is_made_capturable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Adam's step refuses capture unless ``capturable`` is set, also when it is fused: every optimiser
-    whose step checks gets it (one that checks without having the option is refused); SGD and AdaGrad
-    (which do not check) get their fused kernels."""
-    monkeypatch.setattr(fused, "_probe_step", lambda optimizer, group: None)  # (capturable steps need a GPU)
+def test_every_optimiser_that_checks_for_capture_is_made_capturable() -> None:
+    """Adam's step refuses capture unless ``capturable`` is set, also when it is fused: on a GPU every
+    optimiser whose step checks gets it (one that checks without having the option is refused); SGD and
+    AdaGrad (which do not check) get their fused kernels."""
     checked = [c for c in optimizer_classes() if checks_capture(c)]
     options = [c for c in checked if "capturable" in inspect.signature(c).parameters]
     assert torch.optim.Adam in options and torch.optim.AdamW in options
     for cls in set(checked) - set(options):  # (Adafactor: it checks, but has no such option)
         optimizer = cls([torch.nn.Parameter(torch.zeros(3))], lr=0.01)
+        assert not capturable_kernel(optimizer.param_groups[0], gpu=True), cls
         assert make_capturable([optimizer]) == f"{cls.__name__} has neither a capturable nor a fused kernel"
     for cls in options:
         kwargs = {"fused": True} if cls in (torch.optim.Adam, torch.optim.AdamW) else {}
-        optimizer = cls([torch.nn.Parameter(torch.zeros(3))], lr=0.01, **kwargs)
-        assert make_capturable([optimizer]) is None, cls
-        assert all(group["capturable"] for group in optimizer.param_groups), cls
-        assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
+        group = cls([torch.nn.Parameter(torch.zeros(3))], lr=0.01, **kwargs).param_groups[0]
+        assert capturable_kernel(group, gpu=True) and group["capturable"] is True, cls
     for cls in (torch.optim.SGD, torch.optim.Adagrad):
         optimizer = cls([torch.nn.Parameter(torch.zeros(3))], lr=0.01)
-        assert make_capturable([optimizer]) is None
+        assert make_capturable([optimizer]) is None  # (the probe steps the fused kernel on the CPU)
         assert optimizer.param_groups[0]["fused"] is True and optimizer.param_groups[0]["foreach"] is False
+        assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
+
+
+def test_on_a_cpu_adam_takes_its_fused_kernel() -> None:
+    """The tests' emulation: capturable steps need a GPU, Adam's fused CPU kernel reads no host step count."""
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=0.01)
+    assert make_capturable([optimizer]) is None
+    assert optimizer.param_groups[0]["fused"] is True and optimizer.param_groups[0]["capturable"] is False
 
 
 def test_an_optimiser_without_a_capturable_kernel_is_named() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers.fused import CASES, carried_state, first_batch, fit, raw_optimizers, update_keys
 
-from lightning_ebm.fused import CapturedUpdate, HostSyncDetector
+from lightning_ebm.fused import CapturedUpdate, HostSyncDetector, make_capturable
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -29,6 +29,7 @@ def test_no_host_synchronisation_inside_an_update(name: str, monkeypatch: pytest
     dispatches no operator that reads a device value back to the host."""
     model, _ = fit(name, fused=False, monkeypatch=monkeypatch)
     batch = first_batch(name)
+    assert make_capturable(raw_optimizers(model)) is None  # the optimisers as the fast path runs them
     model._captured = CapturedUpdate(model.update, raw_optimizers(model))  # the update on the fast path's terms
     for key in update_keys(model):
         for log in (False, True):

@@ -93,3 +93,26 @@ class LoggedKeys(L.Callback):
         self.record.setdefault("predict", []).append(entry)  # type: ignore[union-attr]
         with open(self.path, "w") as f:
             json.dump(self.record, f)
+
+
+class FastPathReport(L.Callback):
+    """Writes ``<path>`` at the end of fit: how the fast path ran (replays and graphs, summed over the
+    phases that each start it anew, and why it gave up)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen: dict[int, tuple[int, int]] = {}
+        self.record: dict[str, object] = {"on": False, "failed": None}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        captured = pl_module._captured
+        if captured is not None:
+            replays, graphs = self.seen.get(id(captured), (0, 0))
+            self.seen[id(captured)] = (max(replays, captured.replays), max(graphs, len(captured.graphs)))
+            self.record.update(on=True, failed=self.record["failed"] or captured.failed)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record.update(replays=sum(r for r, _ in self.seen.values()), graphs=sum(g for _, g in self.seen.values()),
+                           phases=len(self.seen))  # fmt: skip
+        with open(self.path, "w") as f:
+            json.dump(self.record, f)
