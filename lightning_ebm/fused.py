@@ -294,15 +294,39 @@ class CapturedUpdate:
         self.replays = 0
         #: Why capture was given up (every step then runs eagerly), or None.
         self.failed: str | None = None
+        #: Optimiser steps made by the last call (a replay makes those of its capture), counted by step hooks:
+        #: the fast path steps the optimisers past Lightning's wrappers, which count steps (``global_step``).
+        self.last_steps = 0
+        self.steps_of: dict[Hashable, int] = {}
+        self._counted = 0
+        self._hooks = [optimizer.register_step_post_hook(self._count_step) for optimizer in self.optimizers]
 
     def reset(self) -> None:
         """Forget every graph (state tensors were replaced: a rollback, a checkpoint restored)."""
         self.graphs.clear()
         self.calls.clear()
+        self.steps_of.clear()
+
+    def close(self) -> None:
+        """Forget every graph and stop counting the optimisers' steps (the fast path starts anew)."""
+        self.reset()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _count_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._counted += 1
 
     def __call__(self, batch: Batch, *key: Hashable) -> dict[str, Tensor]:
+        self._counted = 0
+        outputs, replayed = self._call(batch, key)
+        self.last_steps = self.steps_of[replayed] if replayed is not None else self._counted
+        return outputs
+
+    def _call(self, batch: Batch, key: tuple) -> tuple[dict[str, Tensor], Hashable | None]:
+        """The update's outputs, and the key of the graph replayed (None for an eager call or a capture)."""
         if self.failed is not None:
-            return self._eager(batch, key)
+            return self._eager(batch, key), None
         tensors = _tensors(batch)
         full_key = (key, tuple((t.shape, t.dtype) for t in tensors), optimizer_signature(self.optimizers))
         entry = self.graphs.get(full_key)
@@ -310,7 +334,7 @@ class CapturedUpdate:
             calls = self.calls.get(full_key, 0)
             self.calls[full_key] = calls + 1
             if calls < self.warmup_steps:
-                return self._eager(batch, key)
+                return self._eager(batch, key), None
             try:
                 entry = self._capture(batch, key, full_key)
             except Exception as exc:  # noqa: BLE001 - reported, and training goes on eagerly
@@ -319,9 +343,11 @@ class CapturedUpdate:
                 self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}"
                 warn_fallback(f"capturing the update failed ({self.failed})")
                 self.graphs.clear()
-                return self._eager(batch, key)
+                self._counted = 0
+                return self._eager(batch, key), None
+            self.steps_of[full_key] = self._counted
             if entry[0] is None:  # emulated: capturing ran the update, as a replay would have
-                return entry[2]
+                return entry[2], None
         graph, inputs, outputs = entry
         for static, value in zip(inputs, tensors):
             static.copy_(value, non_blocking=True)
@@ -330,7 +356,7 @@ class CapturedUpdate:
         else:
             graph.replay()
         self.replays += 1
-        return outputs
+        return outputs, full_key
 
     def _emulated_replay(self, batch: Batch, key: tuple, inputs: list[Tensor], outputs: dict[str, Tensor]) -> None:
         """On a CPU: the update again on the static inputs, checked to be what a graph replay would do."""

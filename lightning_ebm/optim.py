@@ -164,12 +164,13 @@ class Schedule(LRScheduler):
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
     def _apply(self) -> None:
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
             if isinstance(group["lr"], torch.Tensor):  # the fast path's: changed in place, read by its graphs
                 group["lr"].fill_(lr)
             else:
                 group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._last_lr = [float(lr) for lr in lrs]  # (numbers in checkpoints, on either path)
 
     def set_phase(self, total_steps: int) -> None:
         """The number of steps ``T`` of the phase the linear decay ends with; the current rate follows."""

@@ -248,11 +248,23 @@ class EnergyBasedModel(NetworkModule, ABC):
                 metrics = update(batch, key, log)
         else:
             metrics = update(batch, key, log)
+        if self._captured is not None:
+            self.count_optimizer_steps(self._captured.last_steps)
         self.after_update()
         if log:
             if self._captured is not None:  # the graph's outputs: the next replay overwrites them
                 metrics = {name: value.clone() for name, value in metrics.items()}
             self.log_train_metrics({**metrics, **self.host_metrics()}, prog_bar=self.train_progress_bar)
+
+    def count_optimizer_steps(self, steps: int) -> None:
+        """Count ``steps`` optimiser steps as Lightning's optimiser wrappers count theirs (``global_step``:
+        ``max_steps``, checkpoints every n steps, resumed runs): the fast path steps the optimisers
+        themselves."""
+        optimizers = self.optimizers()
+        wrapper = optimizers[0] if isinstance(optimizers, list) else optimizers
+        for _ in range(steps):
+            wrapper._on_before_step()
+            wrapper._on_after_step()
 
     def update_optimizers(self) -> list:
         """The optimisers :meth:`update` steps, in :meth:`configure_optimizers`'s order: Lightning's
@@ -269,6 +281,8 @@ class EnergyBasedModel(NetworkModule, ABC):
 
     def setup_fused_step(self) -> None:
         """Start the fast path when ``fused_step`` is set and the trainer allows it (else say why)."""
+        if self._captured is not None:
+            self._captured.close()
         self._captured = None
         if not self.fused_step:
             return

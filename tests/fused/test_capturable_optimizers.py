@@ -5,9 +5,11 @@ that hold the optimisers' own settings (so that a run saved on the fast path res
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
+from helpers.fused import carried_state, fit, raw_optimizers
 
 from lightning_ebm.fused import (
     capturable_kernel,
@@ -146,3 +148,29 @@ def test_checkpointed_adam_state_is_the_eager_adams() -> None:
     assert group["capturable"] is False and group["lr"] == pytest.approx(1e-3) and type(group["lr"]) is float
     assert entry["step"].device.type == "cpu" and float(entry["step"]) == 3.0
     assert adam.state[x]["step"] is live_step and adam.param_groups[0]["capturable"] is True
+
+
+@pytest.mark.parametrize("name", ["rbm_pcd_sparse", "jem"])
+def test_a_checkpoint_of_the_fast_path_resumes_on_the_eager_path(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run saved on the fast path (optimisers prepared: fused kernels, learning rates as tensors) holds
+    the optimisers as configured, and resumed eagerly it ends where the same run saved and resumed on the
+    eager path ends (within the rounding of the two kernels): parameters, chains and buffers, optimiser
+    states."""
+    checkpoint = str(tmp_path / "fast.ckpt")
+    fast, _ = fit(name, fused=True, monkeypatch=monkeypatch, epochs=1, save=checkpoint)
+    own = fast._captured.kernel_flags
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for state, groups in zip(saved["optimizer_states"], own):
+        for group, flags in zip(state["param_groups"], groups):
+            assert type(group["lr"]) is float and {k: group[k] for k in flags} == flags
+    resumed, _ = fit(name, fused=False, monkeypatch=monkeypatch, epochs=2, resume=checkpoint)
+    assert all(type(g["lr"]) is float for opt in raw_optimizers(resumed) for g in opt.param_groups)
+    eager_checkpoint = str(tmp_path / "eager.ckpt")
+    fit(name, fused=False, monkeypatch=monkeypatch, epochs=1, save=eager_checkpoint)
+    reference, _ = fit(name, fused=False, monkeypatch=monkeypatch, epochs=2, resume=eager_checkpoint)
+    a, b = carried_state(reference), carried_state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key].double(), a[key].double(), rtol=1e-5, atol=1e-6, msg=key)

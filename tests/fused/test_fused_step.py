@@ -17,6 +17,7 @@ def test_the_fast_path_ends_where_the_eager_step_ends(name: str, monkeypatch: py
     eager, none = fit(name, fused=False, monkeypatch=monkeypatch)
     fused, replays = fit(name, fused=True, monkeypatch=monkeypatch)
     assert none == 0 and replays >= 4, replays  # after the warm-ups and captures, replays
+    assert fused.trainer.global_step == eager.trainer.global_step > 0  # its optimiser steps counted alike
     a, b = carried_state(eager), carried_state(fused)
     assert a.keys() == b.keys()
     for key in a:

@@ -125,8 +125,16 @@ CASES = {
 }
 
 
-def fit(name: str, fused: bool, monkeypatch) -> tuple[L.LightningModule, int]:  # noqa: ANN001 (pytest's fixture)
-    """Two epochs of the case, eagerly or on the fast path (emulated on the CPU); the replays made."""
+def fit(
+    name: str,
+    fused: bool,
+    monkeypatch,
+    epochs: int = 2,
+    resume: str | None = None,
+    save: str | None = None,  # noqa: ANN001
+) -> tuple[L.LightningModule, int]:
+    """``epochs`` epochs of the case, eagerly or on the fast path (emulated on the CPU), resuming the
+    checkpoint ``resume`` and saving one to ``save`` if given; the model and the replays made."""
     make_model, make_data = CASES[name]
     monkeypatch.setattr(base, "fused_step_unavailable", lambda trainer: None)  # the CPU stands in for a GPU
     L.seed_everything(0, verbose=False)
@@ -134,10 +142,12 @@ def fit(name: str, fused: bool, monkeypatch) -> tuple[L.LightningModule, int]:  
     data = make_data()
     dm = TensorData(data if isinstance(data, torch.Tensor) else torch.utils.data.TensorDataset(*data), batch_size=16)
     trainer = L.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, log_every_n_steps=3, accelerator="cpu",
     )  # fmt: skip
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    if save is not None:
+        trainer.save_checkpoint(save)
     replays = model._captured.replays if model._captured is not None else 0
     return model, replays
 
