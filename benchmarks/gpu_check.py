@@ -632,8 +632,8 @@ def markdown(data: dict[str, Any]) -> str:
                          f"{met} |")  # fmt: skip
         lines += ["", "## Every row", "",
                   "| config | mode | samples/s | s/it | timed batches | TFLOP/s | share of peak | captured | "
-                  "replays in window | graphs | run (s) | note |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "replays in window | graphs | host CPU-s per s (busiest threads) | run (s) | note |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for r in data["rows"]:
             replayed = ""
             if r.get("fused_step") and "replayed_timed_batches" in r:
@@ -644,7 +644,7 @@ def markdown(data: dict[str, Any]) -> str:
                          f"{fmt(r.get('s_per_it'), 5)} | {fmt(r.get('timed_batches'))} | {fmt(r.get('tflops'), 2)} | "
                          f"{'' if share is None else f'{share:.1%}'} | "
                          f"{'' if not r.get('fused_step') else ('yes' if r.get('captured') else 'no')} | "
-                         f"{replayed} | {fmt(r.get('graphs'))} | {fmt(r.get('wall_s'), 1)} | "
+                         f"{replayed} | {fmt(r.get('graphs'))} | {host_text(r)} | {fmt(r.get('wall_s'), 1)} | "
                          f"{str(note).replace('|', '/')[:160]} |")  # fmt: skip
         lines.append("")
     if data["profiles"]:
@@ -695,6 +695,15 @@ def markdown(data: dict[str, Any]) -> str:
     if data["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in data["notes"]] + [""]
     return "\n".join(lines)
+
+
+def host_text(row: dict[str, Any]) -> str:
+    """The host's CPU seconds per wall-clock second in the timed window, and its three busiest thread groups."""
+    total = row.get("host_cpu_per_wall")
+    if not isinstance(total, (int, float)) or math.isnan(total):
+        return ""
+    groups = "; ".join(f"{t['threads']} x{t['count']} {t['cpu_per_wall']:.2f}" for t in row.get("host_threads", [])[:3])
+    return f"{total:.2f}" + (f" ({groups})" if groups else "")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -779,6 +788,8 @@ def run(args: argparse.Namespace, labels: list[str], budget: Budget, report: Rep
         "divided by their examples; share of peak = achieved TFLOP/s / the measured bf16 matrix-product peak.",
         "fp32 rows: float32 matrix products at torch's default 'highest' precision (cuDNN convolutions may use "
         "TF32, its default); the fast path sets 'high' (TF32 matrix products) for its own run.",
+        "host CPU-s per s: the process's CPU time over the timed window's wall-clock time, and the thread groups "
+        "(by thread name, from /proc/self/task; the main thread on its own) that used the most of it.",
         "profiles: '_local_scalar_dense' and 'aten::item' count every read of a tensor's value on the host, also "
         "of host tensors (e.g. a non-fused optimiser's step counter), which does not wait for the GPU; 'host "
         "syncs' are the CUDA runtime's synchronisation calls, the ones that do.",

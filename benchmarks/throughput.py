@@ -50,6 +50,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import platform
 import statistics
 import sys
@@ -194,6 +195,42 @@ def replays(module: torch.nn.Module) -> int | None:
     return None if captured is None else int(captured.replays)
 
 
+def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each thread of this process so far, with its name, by thread id
+    (Linux's ``/proc/self/task``; empty elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    threads: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return threads
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+                stat = f.read()
+            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as f:
+                name = f.read().strip()
+        except OSError:  # (a thread that ended meanwhile)
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; utime and stime are fields 14, 15
+        threads[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return threads
+
+
+def host_threads(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                 wall: float) -> list[dict[str, Any]]:  # fmt: skip
+    """Which threads used the host's CPU between two :func:`thread_cpu_seconds` readings: per thread name
+    (the main thread on its own), the threads, their CPU seconds per wall-clock second, the busiest first."""
+    main = os.getpid()
+    groups: dict[str, list[float]] = {}
+    for tid, (name, seconds) in after.items():
+        used = seconds - before.get(tid, (name, 0.0))[1]
+        groups.setdefault("main thread" if tid == main else name, []).append(used)
+    rows = [{"threads": name, "count": len(used), "cpu_per_wall": round(sum(used) / wall, 3)}
+            for name, used in groups.items() if wall > 0]  # fmt: skip
+    return sorted(rows, key=lambda r: -r["cpu_per_wall"])[:6]
+
+
 class Timer(L.Callback):
     """Times the batches after ``warmup``: at least ``steps`` of them and ``min_seconds``, at most
     ``max_seconds``; then lets ``tail`` more batches run (another callback's window, e.g. a profiler)
@@ -207,10 +244,14 @@ class Timer(L.Callback):
         self.done_at: int | None = None  #: batches run when the timed window ended
         self.replays_start: int | None = None
         self.replays_end: int | None = None
+        self.threads_start: dict[int, tuple[str, float]] = {}
+        #: CPU seconds per wall-clock second of the window by thread (:func:`host_threads`).
+        self.threads: list[dict[str, Any]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         if self.batches == self.warmup:
             synchronize(pl_module)
+            self.threads_start = thread_cpu_seconds()
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
             self.replays_start = replays(pl_module)
 
@@ -237,6 +278,7 @@ class Timer(L.Callback):
         synchronize(pl_module)
         self.elapsed = time.perf_counter() - self.start
         self.cpu_elapsed = time.process_time() - self.cpu_start
+        self.threads = host_threads(self.threads_start, thread_cpu_seconds(), self.elapsed)
         self.replays_end = replays(pl_module)
         self.done_at = self.batches
 
@@ -348,6 +390,8 @@ def measure(
     row["samples_per_s"] = round(timer.samples / timer.elapsed, 1) if timer.elapsed else math.nan
     row["s_per_it"] = round(timer.elapsed / timer.timed, 6) if timer.timed else math.nan
     row["samples_per_cpu_s"] = round(timer.samples / timer.cpu_elapsed, 1) if timer.cpu_elapsed else math.nan
+    row["host_cpu_per_wall"] = round(timer.cpu_elapsed / timer.elapsed, 3) if timer.elapsed else math.nan
+    row["host_threads"] = timer.threads
     return row
 
 
