@@ -35,6 +35,13 @@ def binary(n: int) -> torch.Tensor:
     return BARS_AND_STRIPES.repeat(n, 1)
 
 
+def tiny_jem(**overrides: object) -> JEM:
+    """A JEM of four classes on 2D points (a replay buffer of 40, Adam)."""
+    kwargs: dict = dict(num_classes=4, data_shape=[2], buffer_size=40, init_range=[-3, 3],
+                        optimizer=optimizer("Adam", lr=1e-3, fused=True))  # fmt: skip
+    return JEM(MLP(2, [16], 4), **{**kwargs, **overrides})
+
+
 CASES = {
     "dem": (lambda **kw: tiny_dem(gradient_penalty=0.5, energy_steps=2, **ADAGRAD, **kw), toy_points),
     "dem_schedule": (lambda **kw: tiny_dem(lr_schedule=linear_decay(0.3), **ADAGRAD, **kw), toy_points),
@@ -53,38 +60,15 @@ CASES = {
         toy_points,
     ),  # fmt: skip
     "jem": (
-        lambda **kw: JEM(
-            MLP(2, [16], 4),
-            num_classes=4,
-            data_shape=[2],
-            buffer_size=40,
-            sgld_steps=3,
-            sgld_step_size=0.05,
-            sgld_noise=0.05,
-            pxy_weight=0.5,
-            energy_l2=0.1,
-            sgld_clamp=True,
-            init_range=[-3, 3],
-            optimizer=optimizer("Adam", lr=1e-3, fused=True),
-            **kw,
+        lambda **kw: tiny_jem(
+            sgld_steps=3, sgld_step_size=0.05, sgld_noise=0.05, pxy_weight=0.5, energy_l2=0.1, sgld_clamp=True, **kw
         ),
         lambda: toy_points(labels=4),
-    ),  # fmt: skip
+    ),
     "jem_class_gaussian": (
-        lambda **kw: JEM(
-            MLP(2, [16], 4),
-            num_classes=4,
-            data_shape=[2],
-            buffer_size=40,
-            sgld_steps=2,
-            reinit_prob=0.5,
-            reinit_from="class_gaussian",
-            init_range=[-3, 3],
-            optimizer=optimizer("Adam", lr=1e-3, fused=True),
-            **kw,
-        ),
+        lambda **kw: tiny_jem(sgld_steps=2, reinit_prob=0.5, reinit_from="class_gaussian", **kw),
         lambda: toy_points(labels=4),
-    ),  # fmt: skip
+    ),
     "rbm_cd": (lambda **kw: RBM(9, 6, k=2, optimizer=SGD, num_filters=0, **kw), lambda: binary(STEPS)),
     "rbm_pcd_sparse": (
         lambda **kw: RBM(
