@@ -163,14 +163,27 @@ class Schedule(LRScheduler):
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
-    def _apply(self) -> None:
-        lrs = self.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            if isinstance(group["lr"], torch.Tensor):  # the fast path's: changed in place, read by its graphs
-                group["lr"].fill_(lr)
-            else:
+    def step(self, epoch: int | None = None) -> None:
+        """One step: the player made one update, and the rate of its next one is set (its method steps
+        the schedule itself, once per update, so torch's checks of the order of the calls do not apply)."""
+        if epoch is not None:
+            raise ValueError("Schedule.step takes no epoch: set_epoch sets it")
+        self._step_count += 1
+        self.last_epoch += 1
+        self._apply(changed_only=True)
+
+    def _apply(self, changed_only: bool = False) -> None:
+        """Set the rates of :meth:`get_lr`; with ``changed_only`` a device-tensor rate (the fast path's:
+        changed in place, read by its graphs) is written only when its value changes, since each write is
+        a kernel launch."""
+        lrs = [float(lr) for lr in self.get_lr()]
+        last = getattr(self, "_last_lr", None) or [None] * len(lrs)
+        for group, lr, previous in zip(self.optimizer.param_groups, lrs, last):
+            if not isinstance(group["lr"], torch.Tensor):
                 group["lr"] = lr
-        self._last_lr = [float(lr) for lr in lrs]  # (numbers in checkpoints, on either path)
+            elif not (changed_only and lr == previous):
+                group["lr"].fill_(lr)
+        self._last_lr = lrs  # (numbers in checkpoints, on either path)
 
     def set_phase(self, total_steps: int) -> None:
         """The number of steps ``T`` of the phase the linear decay ends with; the current rate follows."""

@@ -332,10 +332,14 @@ class EnergyBasedModel(NetworkModule, ABC):
     def step_schedules(self, indices: Sequence[int] | None = None) -> None:
         """One step of the schedules of the players updated in this batch (all by default)."""
         schedulers = self.schedulers()
-        with warnings.catch_warnings():  # a schedule steps per batch, also when its player did not update
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-            for i in range(len(schedulers)) if indices is None else indices:
-                schedulers[i].step()
+        for i in range(len(schedulers)) if indices is None else indices:
+            scheduler = schedulers[i]
+            if isinstance(scheduler, Schedule) or scheduler._step_count > 1:
+                scheduler.step()
+                continue
+            with warnings.catch_warnings():  # (another scheduler's first step: it warns if its player did not update)
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                scheduler.step()
 
     def training_batches(self) -> int:
         """Batches of the whole run: ``max_epochs`` x batches, or ``max_steps`` (which counts optimiser

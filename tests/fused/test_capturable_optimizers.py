@@ -18,6 +18,7 @@ from lightning_ebm.fused import (
     make_capturable,
     restore_kernel_flags,
 )
+from lightning_ebm.optim import Schedule
 
 
 def optimizer_classes() -> list[type[torch.optim.Optimizer]]:
@@ -174,3 +175,22 @@ def test_a_checkpoint_of_the_fast_path_resumes_on_the_eager_path(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key].double(), a[key].double(), rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_schedule_writes_a_device_rate_only_when_it_changes() -> None:
+    """On the fast path a rate is a device tensor and each write a kernel launch: the schedule writes
+    it when its value changes (the linear decay: every step, to ``lr (T - t) / T``), not otherwise."""
+    constant = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    decaying = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    assert make_capturable([constant, decaying]) is None
+    flat, linear = Schedule(constant), Schedule(decaying, linear_decay_start=0.0)
+    flat.set_phase(4)
+    linear.set_phase(4)
+    versions = (constant.param_groups[0]["lr"]._version, decaying.param_groups[0]["lr"]._version)
+    for t in range(1, 4):
+        flat.step()
+        linear.step()
+        assert float(decaying.param_groups[0]["lr"]) == pytest.approx(0.1 * (4 - t) / 4)
+        assert decaying.param_groups[0]["lr"]._version == versions[1] + t
+    assert constant.param_groups[0]["lr"]._version == versions[0]
+    assert float(constant.param_groups[0]["lr"]) == pytest.approx(0.1)
