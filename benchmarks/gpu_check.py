@@ -27,7 +27,11 @@ What it measures, in this order, each step within ``--budget-s`` seconds of the 
    budget left at the end, the fast path in ``32-true``. Timing: after a warm-up (10 batches eager, 25
    on the fast path so that every variant of the update is captured: MEG's generator update comes
    every fifth batch and is captured at its fourth occurrence), at least 30 batches and 1 s, at most
-   3 s. The configs with targets go first, then the JEM comparison, then the others;
+   3 s. The configs with targets go first, then the host's floor of the launch-bound ones (``FLOORED``:
+   the update replaced by one that does nothing, ``throughput.py --null-update``: Lightning's batch loop
+   and the method's host-side work alone, the most a step whose update replays a graph can reach
+   here), then the JEM comparison, then the others. Every row also has the host's CPU seconds per
+   wall-clock second and the thread groups that used them;
 3. FLOPs per sample: ``torch.utils.flop_counter``'s formulas (:class:`FlopCounter`: matrix products
    and convolutions, 2 FLOPs per multiply-add) over 10 consecutive eager fp32 training steps inside the
    ``32-true`` run's warm-up (everything a step does: forward and backward passes, the sampler's
@@ -109,6 +113,11 @@ SLOW = {"jem_cifar": {"warmup": 3, "fused_warmup": 6, "flop_batches": 1, "steps"
 #: The measurement modes: (name, precision, fast path).
 MODES = (("fp32", "32-true", False), ("bf16", "bf16-mixed", False), ("fused_bf16", "bf16-mixed", True))
 LATE_MODES = (("fused_fp32", "32-true", True),)
+#: The host's floor: the update replaced by one that does nothing (``throughput.py --null-update``), so
+#: that the row is Lightning's batch loop and the method's host-side bookkeeping alone, the most that
+#: a step whose update is a graph replay can reach on this host. For the launch-bound configs.
+FLOOR_MODES = (("host_floor", "32-true", False),)
+FLOORED = ("rbm_mnist_pcd", "dbm_mnist:joint", "dem_toy", "meg_toy")
 
 LAUNCH_PREFIXES = ("cudaLaunch", "cuLaunch")
 GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
@@ -424,6 +433,7 @@ def run_row(label: str, mode: tuple[str, str, bool], args: argparse.Namespace, r
     s = settings(label, args)
     opts = copy.copy(args.throughput)
     opts.precision, opts.fused_step = precision, fused
+    opts.null_update = name == "host_floor"
     opts.warmup = s["fused_warmup"] if fused else s["warmup"]
     opts.steps = s["steps"]
     flop_window = None
@@ -473,6 +483,8 @@ def add_rates(report: Report) -> None:
     peak = (report.data["peaks"].get("bf16") or {}).get("tflops")
     for row in report.data["rows"]:
         flops = report.data["flops"].get(row["config"])
+        if row.get("null_update"):
+            continue
         if flops and isinstance(row.get("samples_per_s"), (int, float)) and math.isfinite(row["samples_per_s"]):
             row["tflops"] = round(flops["flops_per_sample"] * row["samples_per_s"] / 1e12, 3)
             if peak:
@@ -552,7 +564,8 @@ def target_text(data: dict[str, Any], label: str, rows: dict[str, dict[str, Any]
     target = TARGETS.get(label)
     if target is None:
         return "", ""
-    rates = {m: r["samples_per_s"] for m, r in rows.items() if isinstance(r.get("samples_per_s"), (int, float))}
+    rates = {m: r["samples_per_s"] for m, r in rows.items()
+             if isinstance(r.get("samples_per_s"), (int, float)) and m != "host_floor"}  # fmt: skip
     if "min" in target:
         text = f">= {target['min']:,} samples/s" + (f" ({target['note']})" if "note" in target else "")
         if not rates:
@@ -598,8 +611,8 @@ def markdown(data: dict[str, Any]) -> str:
     if labels:
         lines += ["## Throughput (samples/s, synthetic data on the device, through Lightning)", "",
                   "| config | batch | FLOPs/sample | fp32 | bf16 | fused bf16 | fused fp32 | fused bf16 / fp32 | "
-                  "fused bf16 TFLOP/s (share of bf16 peak) | target | met |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "fused bf16 TFLOP/s (share of bf16 peak) | target | met | host floor (null update) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for label in labels:
             rows = best_rows(data, label)
             batch = next((r["batch"] for r in rows.values() if "batch" in r), "")
@@ -629,7 +642,7 @@ def markdown(data: dict[str, Any]) -> str:
             target, met = target_text(data, label, rows)
             lines.append(f"| `{label}` | {batch} | {flops_text(flops)} | {rate('fp32')} | {rate('bf16')} | "
                          f"{rate('fused_bf16')} | {rate('fused_fp32')} | {speedup} | {share} | {target} | "
-                         f"{met} |")  # fmt: skip
+                         f"{met} | {rate('host_floor')} |")  # fmt: skip
         lines += ["", "## Every row", "",
                   "| config | mode | samples/s | s/it | timed batches | TFLOP/s | share of peak | captured | "
                   "replays in window | graphs | host CPU-s per s (busiest threads) | run (s) | note |",
@@ -832,6 +845,7 @@ def run(args: argparse.Namespace, labels: list[str], budget: Budget, report: Rep
     first = [label for label in PRIORITY if label in labels]
     rest = [label for label in labels if label not in first]
     measure_all(first, MODES)
+    measure_all([label for label in FLOORED if label in labels], FLOOR_MODES)
 
     # 5. JEM against the authors' code
     reference = args.reference_dir

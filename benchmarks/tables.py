@@ -35,6 +35,7 @@ GPU_MODES = (
     ("bf16", "bf16-mixed"),
     ("fused_bf16", "fast path, bf16"),
     ("fused_fp32", "fast path, fp32"),
+    ("host_floor", "host floor (update doing nothing)"),
 )
 
 

@@ -14,7 +14,9 @@ the rows say whether it was captured, how many of the timed batches were replays
 warning where there was one; the classifier has no fast path and gets a row that says so),
 ``--data-on-device`` (default on for ``--accelerator gpu``: the synthetic batches are made on the
 device once, sliced ahead of time and served as they are, so that Lightning's batch transfer is a
-no-op and the figure is the training step's alone). On a GPU the clock is synchronised only at the
+no-op and the figure is the training step's alone), ``--null-update`` (the method's update replaced by
+one that does nothing: the batch loop's and the method's host work alone, the floor under a step whose
+update replays a CUDA graph). On a GPU the clock is synchronised only at the
 start and the end of the timed window (never per batch), so the host may queue work ahead as in a
 real run; ``--min-seconds`` keeps timing past ``--steps`` batches until that much time has passed
 (fast configs), ``--max-seconds`` caps it, and ``--pool`` distinct batches are cycled (so that a long
@@ -41,6 +43,7 @@ Examples::
     python benchmarks/throughput.py --configs meg_kdd99 meg_toy --reference ref.json --threads 1
     python benchmarks/throughput.py --accelerator gpu --precision bf16-mixed --compile
     python benchmarks/throughput.py --accelerator gpu --precision bf16-mixed --fused-step --min-seconds 1
+    python benchmarks/throughput.py --configs rbm_mnist_pcd dem_toy --null-update --data-on-device
 """
 
 from __future__ import annotations
@@ -283,6 +286,13 @@ class Timer(L.Callback):
         self.done_at = self.batches
 
 
+def null_update(batch: Any, key: tuple, log: bool) -> dict[str, torch.Tensor]:
+    """An update that does nothing (``--null-update``): what is left of a training step is the host's
+    work around it, Lightning's batch loop and the method's bookkeeping (schedules, step counts, logging),
+    the floor under a step whose update replays a CUDA graph."""
+    return {}
+
+
 def compile_networks(model: torch.nn.Module) -> list[str]:
     """``nn.Module.compile`` (in place: the state dict keeps its keys) on the model's networks."""
     names = []
@@ -356,6 +366,12 @@ def measure(
         row["error"] = f"data: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         return row
     row["data_on_device"] = on_device
+    if getattr(args, "null_update", False):
+        if not isinstance(model, EnergyBasedModel):
+            row["error"] = f"{type(model).__name__} has no update() to replace"
+            return row
+        model.update = null_update  # (the instance's: the batch loop's cost alone)
+        row["null_update"] = True
     if args.compile:
         row["compiled"] = compile_networks(model) or "nothing to compile"
     timer = Timer(args.warmup, args.steps, args.max_seconds, min_seconds, tail)
@@ -430,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-every-n-steps", type=int, default=50, help="the Trainer's (Lightning's default)")
     parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"],
                         help="set_float32_matmul_precision before each row (the fast path sets high)")  # fmt: skip
+    parser.add_argument("--null-update", action="store_true",
+                        help="an update that does nothing: the host's cost per batch alone")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--sklearn", action="store_true", help="time scikit-learn's BernoulliRBM too")
     parser.add_argument("--reference", type=Path, help="JSON lines of the MEG authors' code's samples/s")
