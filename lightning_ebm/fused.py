@@ -184,12 +184,13 @@ def to_channels_last(module: nn.Module, optimizers: Sequence[torch.optim.Optimiz
 
 
 def tensor_learning_rates(optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    """Learning rates as device tensors (changed in place by the schedules, read by the graph)."""
+    """Learning rates as float32 tensors on their parameters' devices (changed in place by the schedules,
+    read by the graph), also where a restored state brought numbers or tensors of another device."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
-            if not isinstance(group["lr"], Tensor):
-                device = group["params"][0].device
-                group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+            device, lr = group["params"][0].device, group["lr"]
+            if not isinstance(lr, Tensor) or lr.device != device or lr.dtype != torch.float32:
+                group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
 
 
 #: Operators that read a device value back to the host (or need host data), and so stall the

@@ -307,9 +307,17 @@ class EnergyBasedModel(NetworkModule, ABC):
         self._captured = CapturedUpdate(self.update, optimizers, modules=[self], kernel_flags=flags)
 
     def invalidate_fused_step(self) -> None:
-        """Drop captured graphs after state tensors were replaced (a checkpoint or snapshot restored)."""
-        if self._captured is not None:
-            self._captured.reset()
+        """Drop captured graphs after state tensors were replaced (a checkpoint or snapshot restored), and
+        prepare the optimisers again: a restored optimiser state brings its own flags and rates."""
+        if self._captured is None:
+            return
+        self._captured.reset()
+        reason = make_capturable(self._captured.optimizers) if self._captured.kernel_flags is not None else None
+        if reason is not None:  # (the probe passed at the start: only a changed optimiser gets here)
+            restore_kernel_flags(self._captured.optimizers, self._captured.kernel_flags)
+            self._captured.close()
+            self._captured = None
+            warn_fallback(reason)
 
     # ------------------------------------------------------------------ optimisers and schedules
     optimizer_steps_per_batch: float = 1.0  # optimiser steps a batch makes on average (max_steps counts them)

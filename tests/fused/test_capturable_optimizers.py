@@ -194,3 +194,16 @@ def test_a_schedule_writes_a_device_rate_only_when_it_changes() -> None:
         assert decaying.param_groups[0]["lr"]._version == versions[1] + t
     assert constant.param_groups[0]["lr"]._version == versions[0]
     assert float(constant.param_groups[0]["lr"]) == pytest.approx(0.1)
+
+
+def test_a_restored_rate_becomes_the_graphs_tensor_again() -> None:
+    """A restored optimiser state (a checkpoint's numbers, a snapshot's tensor of another device or
+    dtype) gets its rates back as float32 tensors on the parameters' device, with their values."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    restored = torch.tensor(0.25, dtype=torch.float64)  # (a snapshot's copy of another dtype)
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": restored})
+    assert make_capturable([optimizer]) is None
+    for group, value in zip(optimizer.param_groups, (0.1, 0.25)):
+        lr = group["lr"]
+        assert isinstance(lr, torch.Tensor) and lr.dtype == torch.float32 and lr.device == group["params"][0].device
+        assert float(lr) == pytest.approx(value)

@@ -36,10 +36,11 @@ def binary(n: int) -> torch.Tensor:
 
 
 def tiny_jem(**overrides: object) -> JEM:
-    """A JEM of four classes on 2D points (a replay buffer of 40, Adam)."""
+    """A JEM of four classes (or ``num_classes``) on 2D points (a replay buffer of 40, Adam)."""
     kwargs: dict = dict(num_classes=4, data_shape=[2], buffer_size=40, init_range=[-3, 3],
                         optimizer=optimizer("Adam", lr=1e-3, fused=True))  # fmt: skip
-    return JEM(MLP(2, [16], 4), **{**kwargs, **overrides})
+    kwargs.update(overrides)
+    return JEM(MLP(2, [16], kwargs["num_classes"], activation="leaky_relu"), **kwargs)
 
 
 CASES = {
