@@ -27,16 +27,8 @@ SHIPPED_MODEL_MISTAKES = [
     ("dem_toy", ["--model.init_args.data_shape", "[3]"], "data_shape"),  # the networks take 2
     ("jem_toy", ["--model.init_args.num_classes", "5", "--model.init_args.buffer_size", "100"], "num_classes"),
     ("jem_toy", ["--model.init_args.reinit_prob", "1.5"], "reinit_prob"),
-    (
-        "dem_toy",
-        [
-            "--model.init_args.lr_schedule",
-            "lightning_ebm.optim.Schedule",
-            "--model.init_args.lr_schedule.linear_decay_start",
-            "1.5",
-        ],
-        "linear_decay_start",
-    ),  # fmt: skip
+    ("dem_toy", ["--model.init_args.lr_schedule", "lightning_ebm.optim.Schedule",
+                 "--model.init_args.lr_schedule.linear_decay_start", "1.5"], "linear_decay_start"),  # fmt: skip
     ("rbm_mnist", ["--model.init_args.num_chains", "0"], "num_chains"),
     ("dem_toy", ["--trainer.max_epochs", "-5"], "max_epochs"),
 ]
