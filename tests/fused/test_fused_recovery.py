@@ -7,23 +7,12 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers.callbacks import LearningRateBlowUp
 from helpers.fused import tiny_jem
 
 import lightning_ebm.models.base as base
 from lightning_ebm.callbacks import DivergenceGuard
 from lightning_ebm.datamodules import Toy2DDataModule
-
-
-class BlowUp(L.Callback):
-    """Multiply the learning rate (in place, as a device tensor is changed) by ``factor`` at the steps in ``steps``."""
-
-    def __init__(self, steps: range, factor: float = 1e6) -> None:
-        self.steps, self.factor = steps, factor
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-        if trainer.global_step in self.steps:
-            for group in trainer.optimizers[0].param_groups:
-                group["lr"] *= self.factor
 
 
 class Replays(L.Callback):
@@ -47,7 +36,7 @@ def test_the_guard_recovers_a_run_on_the_fast_path(monkeypatch: pytest.MonkeyPat
     trainer = L.Trainer(
         max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu",
-        callbacks=[BlowUp(range(10, 13)), guard, replays],
+        callbacks=[LearningRateBlowUp(range(10, 13)), guard, replays],
     )  # fmt: skip
     data = Toy2DDataModule(name="8gaussians", num_samples=512, batch_size=64, labels=True, num_val_samples=128)
     with pytest.warns(RuntimeWarning, match="DivergenceGuard: .* rolled back to the state of step"):

@@ -116,3 +116,16 @@ class FastPathReport(L.Callback):
                            phases=len(self.seen))  # fmt: skip
         with open(self.path, "w") as f:
             json.dump(self.record, f)
+
+
+class LearningRateBlowUp(L.Callback):
+    """Multiply the learning rate by ``factor`` (in place, as a device tensor rate is changed) before the
+    optimiser steps in ``steps``: a forced divergence for the divergence guard's tests."""
+
+    def __init__(self, steps: range, factor: float = 1e6) -> None:
+        self.steps, self.factor = steps, factor
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step in self.steps:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] *= self.factor

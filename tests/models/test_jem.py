@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers.callbacks import LearningRateBlowUp
 from helpers.data import real_mnist_dir
 from helpers.ddp_cli import fit_two_processes
 from torch import Tensor, nn
@@ -459,18 +460,6 @@ def test_buffer_is_in_the_checkpoint_and_a_resumed_fit_continues_the_uninterrupt
 
 
 # ---------------------------------------------------------------------------- the divergence guard
-class LearningRateBlowUp(L.Callback):
-    """Test-only hook: multiply the learning rate by ``factor`` for the optimiser steps in ``steps``."""
-
-    def __init__(self, steps: range, factor: float = 1e6) -> None:
-        self.steps, self.factor = steps, factor
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-        if trainer.global_step in self.steps:
-            for group in trainer.optimizers[0].param_groups:
-                group["lr"] *= self.factor
-
-
 class InjectNaN(L.Callback):
     """Test-only hook: poison a parameter with NaN after the training steps in ``steps``."""
 
