@@ -68,9 +68,13 @@ def kernel_flags(optimizers: Sequence[torch.optim.Optimizer]) -> list[list[dict[
     return [[{k: group[k] for k in KERNEL_FLAGS if k in group} for group in opt.param_groups] for opt in optimizers]
 
 
-def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
+def make_capturable(
+    optimizers: Sequence[torch.optim.Optimizer], own_flags: list[list[dict[str, Any]]] | None = None
+) -> str | None:
     """Optimisers whose step a CUDA graph can capture, with learning rates that the graph reads from the
-    device; returns why that is not possible (None when it is).
+    device; returns why that is not possible (None when it is), after putting the optimisers back as
+    configured (``own_flags``, :func:`kernel_flags`'s answer before the fast path first changed them;
+    by default the flags they have now) with learning rates as numbers.
 
     Optimisers with a ``capturable`` option (Adam, AdamW, RMSprop, ...) get it: their step counts stay on
     the device, and their ``step()`` refuses to be captured without it, fused or not. AdaGrad and SGD
@@ -82,6 +86,18 @@ def make_capturable(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
     On a CPU (the tests' emulation of the fast path) optimisers take their fused kernels where they have
     one, which read no step count on the host either: capturable steps need a GPU.
     """
+    own = kernel_flags(optimizers) if own_flags is None else own_flags
+    reason = _prepare(optimizers)
+    if reason is not None:
+        for optimizer, groups in zip(optimizers, own):
+            for group, flags in zip(optimizer.param_groups, groups):
+                as_configured(group, flags)
+            optimizer.__dict__.pop("_warned_capturable_if_run_uncaptured", None)
+    return reason
+
+
+def _prepare(optimizers: Sequence[torch.optim.Optimizer]) -> str | None:
+    """:func:`make_capturable`'s changes and probes, without the undoing."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             if not capturable_kernel(group, gpu=group["params"][0].is_cuda):
@@ -144,15 +160,12 @@ def _probe_step(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> str 
     return None
 
 
-def restore_kernel_flags(optimizers: Sequence[torch.optim.Optimizer], flags: list[list[dict[str, Any]]]) -> None:
-    """Undo :func:`make_capturable` on the live optimisers (the fast path gave up): their own flags, and
-    learning rates as numbers."""
-    for optimizer, groups in zip(optimizers, flags):
-        for group, own in zip(optimizer.param_groups, groups):
-            group.update(own)
-            if isinstance(group["lr"], Tensor):
-                group["lr"] = float(group["lr"])
-        optimizer.__dict__.pop("_warned_capturable_if_run_uncaptured", None)
+def as_configured(group: dict[str, Any], own: dict[str, Any]) -> None:
+    """A parameter group (live, or a state dict's) with its optimiser's own flags and its learning rate
+    as a number."""
+    group.update(own)
+    if isinstance(group["lr"], Tensor):
+        group["lr"] = float(group["lr"])
 
 
 def eager_optimizer_states(states: list[dict[str, Any]], flags: list[list[dict[str, Any]]]) -> None:
@@ -162,9 +175,7 @@ def eager_optimizer_states(states: list[dict[str, Any]], flags: list[list[dict[s
     per-parameter state dicts with them: those are replaced, not changed)."""
     for state, groups in zip(states, flags):
         for group, own in zip(state["param_groups"], groups):
-            group.update(own)
-            if isinstance(group["lr"], Tensor):
-                group["lr"] = float(group["lr"])
+            as_configured(group, own)
             if own.get("capturable") or own.get("fused"):
                 continue
             for index in group["params"]:

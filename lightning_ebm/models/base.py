@@ -25,7 +25,6 @@ from lightning_ebm.fused import (
     fused_step_unavailable,
     kernel_flags,
     make_capturable,
-    restore_kernel_flags,
     to_channels_last,
     warn_fallback,
 )
@@ -296,7 +295,6 @@ class EnergyBasedModel(NetworkModule, ABC):
         flags = kernel_flags(optimizers)
         reason = make_capturable(optimizers)  # (learning rates on the device, changed in place by the schedules)
         if reason is not None:
-            restore_kernel_flags(optimizers, flags)
             if self.trainer.is_global_zero:
                 warn_fallback(reason)
             return
@@ -312,9 +310,8 @@ class EnergyBasedModel(NetworkModule, ABC):
         if self._captured is None:
             return
         self._captured.reset()
-        reason = make_capturable(self._captured.optimizers) if self._captured.kernel_flags is not None else None
+        reason = make_capturable(self._captured.optimizers, self._captured.kernel_flags)
         if reason is not None:  # (the probe passed at the start: only a changed optimiser gets here)
-            restore_kernel_flags(self._captured.optimizers, self._captured.kernel_flags)
             self._captured.close()
             self._captured = None
             warn_fallback(reason)
@@ -342,10 +339,10 @@ class EnergyBasedModel(NetworkModule, ABC):
         schedulers = self.schedulers()
         for i in range(len(schedulers)) if indices is None else indices:
             scheduler = schedulers[i]
-            if isinstance(scheduler, Schedule) or scheduler._step_count > 1:
+            if scheduler._step_count > 1:  # (torch warns of the order of the calls at a first step only)
                 scheduler.step()
                 continue
-            with warnings.catch_warnings():  # (another scheduler's first step: it warns if its player did not update)
+            with warnings.catch_warnings():  # (a first step: it warns if its player did not update yet)
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
                 scheduler.step()
 
